@@ -1,0 +1,75 @@
+"""Decathlon-style datalist JSON: load one split with absolute, checked paths.
+
+A datalist is ``{"training": [...], "validation": [...], "test": [...]}``; each entry is a dict whose
+file-valued keys (``image``, ``label``, ``ncct``, ``cect``, ``aorta``, ``lumen``, ...) hold paths
+relative to the datalist's folder (absolute paths are kept as they are).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from monai.data import load_decathlon_datalist
+
+__all__ = ["load_datalist", "write_datalist"]
+
+
+def load_datalist(
+    datalist: str | Path,
+    split: str = "training",
+    required_keys: Sequence[str] = (),
+    base_dir: str | Path | None = None,
+) -> list[dict]:
+    """Load ``split`` of ``datalist`` with every referenced file resolved and checked.
+
+    Args:
+        datalist: path of the datalist JSON.
+        split: top-level key to read (``training``, ``validation``, ``test``).
+        required_keys: keys every entry must carry (e.g. ``("ncct", "cect", "aorta")``).
+        base_dir: folder that relative paths are resolved against; the datalist's folder by default.
+
+    Returns:
+        A list of entries (dicts) with absolute paths for file-valued keys.
+
+    Raises:
+        FileNotFoundError: the datalist or a file it names does not exist (the message names both).
+        ValueError: the JSON is malformed, lacks ``split`` or an entry lacks a required key.
+    """
+    path = Path(datalist).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist '{path}' does not exist")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"datalist '{path}' is not valid JSON: {e}") from e
+    if not isinstance(content, dict) or split not in content:
+        keys = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise ValueError(f"datalist '{path}' has no split '{split}' (found: {keys})")
+    base = Path(base_dir) if base_dir is not None else path.parent
+    entries = load_decathlon_datalist(path, is_segmentation=True, data_list_key=split, base_dir=base)
+    for i, entry in enumerate(entries):
+        missing = [k for k in required_keys if k not in entry]
+        if missing:
+            raise ValueError(f"datalist '{path}', split '{split}', entry {i}: missing key(s) {missing}")
+        for key, value in entry.items():
+            if isinstance(value, str) and _looks_like_file(value) and not Path(value).exists():
+                raise FileNotFoundError(
+                    f"datalist '{path}', split '{split}', entry {i}, key '{key}': file '{value}' does not exist"
+                )
+    return entries
+
+
+def write_datalist(splits: dict[str, list[dict]], out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``splits`` as a datalist JSON at ``out``; refuse to replace an existing file unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"datalist '{out}' exists; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(splits, indent=2))
+    return out
+
+
+def _looks_like_file(value: str) -> bool:
+    return value.endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".dcm", ".npy", ".npz")) or "/" in value
