@@ -442,6 +442,24 @@ def test_prepare_cardiac_totalseg_and_per_structure(tmp_path):
     assert absent["s03"] == {"AO": "empty mask 'aorta.nii.gz'", "LAA": "no file 'atrial_appendage_left.nii.gz'"}
     assert next(c for c in report["cases"] if c["case_id"] == "s01")["overlap_voxels"] == 8 * 3
 
+    # TotalSegmentator multi-label (heartchambers_highres --ml) output: ids 1 MYO, 2 LA, 3 LV, 4 RA, 5 RV, 6 AO, 7 PA
+    ml = tmp_path / "ts_ml"
+    source = np.zeros(shape, np.uint8)
+    source[0, 0, :] = np.arange(1, 6)
+    source[1, 0, :3] = [6, 7, 9]  # 9: not a heartchambers_highres id -> reported, set to 0
+    _save(ml / "h1" / "ct.nii.gz", np.zeros(shape, np.int16), LPS)
+    _save(ml / "h1" / "heartchambers_highres.nii.gz", source, LPS)
+    _save(ml / "h2" / "ct.nii.gz", np.zeros(shape, np.int16), LPS)  # no label: dropped
+    prepare_cardiac(str(ml), str(tmp_path / "ml.json"), layout="totalseg_ml", val_fraction=0, test_fraction=0)
+    (entry,) = _load_split(tmp_path / "ml.json")["training"]
+    merged = np.asarray(nib.load(str(_resolve(tmp_path / "ml.json", entry["label"]))).dataobj)
+    np.testing.assert_array_equal(merged[0, 0, :], [5, 1, 2, 3, 4])
+    np.testing.assert_array_equal(merged[1, 0, :3], [6, 7, 0])
+    assert merged.sum() == 5 + 1 + 2 + 3 + 4 + 6 + 7
+    report = json.loads((tmp_path / "ml_report.json").read_text())
+    assert report["cases"][0]["absent"] == {"LAA": "no heartchambers_highres label value"}
+    assert report["cases"][0]["unknown_values"] == {"9": 1} and report["dropped"][0]["case_id"] == "h2"
+
     # per-structure layout with configured names and an image name
     ps = tmp_path / "ps" / "case_a"
     _save(ps / "img.nii.gz", np.zeros(shape, np.int16), LPS)
@@ -475,7 +493,7 @@ def test_prepare_cardiac_refuses_overwrite(tmp_path):
 
 
 def test_prepare_cardiac_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="--layout must be one of mmwhs, per_structure, totalseg"):
+    with pytest.raises(ValueError, match="--layout must be one of mmwhs, totalseg_ml, per_structure, totalseg"):
         prepare_cardiac(str(tmp_path), str(tmp_path / "d.json"), layout="acdc")
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         prepare_cardiac(str(tmp_path / "nothing_here"), str(tmp_path / "d.json"))

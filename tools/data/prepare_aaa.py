@@ -97,12 +97,15 @@ def prepare_aaa(
         root: folder holding one sub-folder per case.
         out: datalist JSON to write; entries ``{"case_id", "ncct", "cect", "aorta"[, "lumen"]}`` with paths
             relative to its folder.
-        ncct_pattern, cect_pattern, aorta_pattern: glob patterns (file name or path inside the case folder)
-            of the NCCT, the registered CECT and the aorta mask on the NCCT grid (all required).
-        cect_aorta_pattern: aorta mask on the CECT grid; when given, enables the Dice QC.
+        ncct_pattern: glob pattern (file name, or path inside the case folder) of the NCCT (required).
+        cect_pattern: glob pattern of the CECT registered onto the NCCT grid (required).
+        aorta_pattern: glob pattern of the aorta mask on the NCCT grid (required).
+        cect_aorta_pattern: glob pattern of an aorta mask segmented on the CECT; when given, enables the Dice QC.
         lumen_pattern: optional lumen mask; cases without one become unlabeled pairs (no "lumen" key).
         min_dice: cases whose NCCT-aorta vs CECT-aorta Dice is below this are dropped.
-        val_fraction, test_fraction, seed: patient-level split (see ``tools.data.splits.split_by_patient``).
+        val_fraction: share of the patients in the validation split (at least one patient when > 0).
+        test_fraction: share of the patients in the test split (at least one patient when > 0).
+        seed: seed of the patient shuffle.
         patient_regex: regex whose first group extracts the patient id from the case folder name (several
             scans of one patient then stay in one split); the case id is the patient id by default.
         report: QC report JSON path (default ``<out stem>_report.json`` beside the datalist).

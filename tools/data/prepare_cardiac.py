@@ -11,6 +11,10 @@ Layouts (``--layout``):
   (suffixes configurable); label values 205 MYO, 420 LA, 500 LV, 550 RA, 600 RV, 820 AO, 850 PA
   (``MMWHS_TO_HEART``). Other non-zero values are reported and set to 0; images without a label
   (``ct_test``) are dropped and reported.
+* ``totalseg_ml``: TotalSegmentator ``heartchambers_highres`` multi-label output (``--ml``),
+  ``<root>/<case>/ct.nii.gz`` and ``<root>/<case>/heartchambers_highres.nii.gz`` (``--label_name``) with
+  ids 1 myocardium, 2 LA, 3 LV, 4 RA, 5 RV, 6 aorta, 7 pulmonary artery
+  (``TOTALSEG_HEARTCHAMBERS_TO_HEART``); this task has no LAA.
 * ``per_structure``: ``<root>/<case>/image.nii.gz`` and one binary mask per structure in
   ``<root>/<case>/<mask_dir>/``; file names default to ``LA.nii.gz`` ... ``LAA.nii.gz`` and are set with
   ``--structure_files '{"LA": "left_atrium.nii.gz", ...}'`` (structures left out are reported absent).
@@ -33,7 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from tools.data.label_maps import HEART_LABELS, HEART_NAMES, MMWHS_TO_HEART, PER_STRUCTURE_FILES, TOTALSEG_HEART_FILES, remap_labels
+from tools.data.label_maps import (
+    HEART_LABELS,
+    HEART_NAMES,
+    MMWHS_TO_HEART,
+    PER_STRUCTURE_FILES,
+    TOTALSEG_HEART_FILES,
+    TOTALSEG_HEARTCHAMBERS_TO_HEART,
+    remap_labels,
+)
 from tools.data.prep_io import (
     check_same_grid,
     id_counts,
@@ -47,8 +59,10 @@ from tools.data.splits import check_fractions, check_outputs, print_table, run_c
 
 __all__ = ["LAYOUTS", "prepare_cardiac"]
 
-LAYOUTS = ("mmwhs", "per_structure", "totalseg")
+LAYOUTS = ("mmwhs", "totalseg_ml", "per_structure", "totalseg")
+_TABLES = {"mmwhs": ("MM-WHS", MMWHS_TO_HEART), "totalseg_ml": ("heartchambers_highres", TOTALSEG_HEARTCHAMBERS_TO_HEART)}
 _DEFAULTS = {
+    "totalseg_ml": {"image_name": "ct.nii.gz", "label_name": "heartchambers_highres.nii.gz"},
     "per_structure": {"image_name": "image.nii.gz", "mask_dir": ".", "files": PER_STRUCTURE_FILES},
     "totalseg": {"image_name": "ct.nii.gz", "mask_dir": "segmentations", "files": TOTALSEG_HEART_FILES},
 }
@@ -66,6 +80,19 @@ def _find_mmwhs(root: Path, image_suffix: str, label_suffix: str) -> tuple[dict[
             dropped.append({"case_id": case_id, "reason": f"no label file '{label.name}' beside '{image}'"})
             continue
         cases[case_id] = {"image": image, "label": label}
+    return cases, dropped
+
+
+def _find_multilabel_per_case(root: Path, image_name: str, label_name: str) -> tuple[dict[str, dict], list[dict]]:
+    cases: dict[str, dict] = {}
+    dropped: list[dict] = []
+    for case_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        image, label = case_dir / image_name, case_dir / label_name
+        if image.is_file() and label.is_file():
+            cases[case_dir.name] = {"image": image, "label": label}
+        elif image.is_file() or label.is_file():
+            missing = label if image.is_file() else image
+            dropped.append({"case_id": case_dir.name, "reason": f"no file '{missing}'"})
     return cases, dropped
 
 
@@ -117,6 +144,7 @@ def prepare_cardiac(
     image_suffix: str = "_image.nii.gz",
     label_suffix: str = "_label.nii.gz",
     image_name: str | None = None,
+    label_name: str | None = None,
     mask_dir: str | None = None,
     structure_files: dict | None = None,
     val_fraction: float = 0.2,
@@ -132,13 +160,19 @@ def prepare_cardiac(
     Args:
         root: data-set folder in the chosen ``layout``.
         out: datalist JSON path (file paths relative to its folder).
-        layout: ``mmwhs``, ``per_structure`` or ``totalseg`` (see the module docstring).
-        image_suffix, label_suffix: ``mmwhs`` file name endings of images and label maps.
-        image_name, mask_dir: ``per_structure``/``totalseg`` image file name and mask folder inside a case
-            folder (defaults ``image.nii.gz``/``.`` and ``ct.nii.gz``/``segmentations``).
+        layout: ``mmwhs``, ``totalseg_ml``, ``per_structure`` or ``totalseg`` (see the module docstring).
+        image_suffix: ``mmwhs`` file name ending of the images.
+        label_suffix: ``mmwhs`` file name ending of the label maps (same case prefix, same folder).
+        image_name: image file in a case folder for the folder-per-case layouts (``image.nii.gz`` for
+            ``per_structure``, ``ct.nii.gz`` for ``totalseg``/``totalseg_ml``).
+        label_name: ``totalseg_ml`` multi-label file in a case folder (``heartchambers_highres.nii.gz``).
+        mask_dir: ``per_structure``/``totalseg`` mask folder inside a case folder (``.``/``segmentations``).
         structure_files: ``per_structure``/``totalseg`` heart name (LA, LV, RA, RV, MYO, AO, PA, LAA) ->
             mask file name; replaces the layout's default table.
-        val_fraction, test_fraction, seed, patient_regex: patient-level split (``tools.data.splits``).
+        val_fraction: share of the patients in the validation split (at least one patient when > 0).
+        test_fraction: share of the patients in the test split (at least one patient when > 0).
+        seed: seed of the patient shuffle.
+        patient_regex: regex whose first group is the patient id of a case id (default: case = patient).
         label_dir: folder of the merged label maps (default ``<datalist folder>/labels_heart``).
         report: report JSON path (default ``<out stem>_report.json``).
         overwrite: replace an existing datalist, report or label maps (inputs are never replaced).
@@ -161,6 +195,11 @@ def prepare_cardiac(
     if layout == "mmwhs":
         cases, dropped = _find_mmwhs(root_path, image_suffix, label_suffix)
         layout_help = f"<root>/**/<case>{image_suffix} with <case>{label_suffix}"
+    elif layout == "totalseg_ml":
+        image_name = image_name or _DEFAULTS[layout]["image_name"]
+        label_name = label_name or _DEFAULTS[layout]["label_name"]
+        cases, dropped = _find_multilabel_per_case(root_path, image_name, label_name)
+        layout_help = f"<root>/<case>/{image_name} with <root>/<case>/{label_name}"
     else:
         files = dict(_DEFAULTS[layout]["files"])
         if structure_files is not None:
@@ -193,19 +232,19 @@ def prepare_cardiac(
     for case_id, case in cases.items():
         absent: dict[str, str] = {}
         row: dict[str, Any] = {"case_id": case_id}
-        if layout == "mmwhs":
+        if layout in _TABLES:
+            source_name, table = _TABLES[layout]
             image_img, label_img = load_nifti(case["image"]), load_nifti(case["label"])
             check_same_grid(case["image"], image_img, case["label"], label_img)
             source = load_labels(case["label"], label_img)
             values = id_counts(source)
-            unknown = {v: n for v, n in values.items() if v != 0 and v not in MMWHS_TO_HEART}
-            row["unknown_values"] = unknown
-            merged = remap_labels(source, MMWHS_TO_HEART).astype(np.uint8)
+            row["unknown_values"] = {v: n for v, n in values.items() if v != 0 and v not in table}
+            merged = remap_labels(source, table).astype(np.uint8)
             reference = label_img
-            source_of = {h: s for s, h in MMWHS_TO_HEART.items()}
+            source_of = {h: s for s, h in table.items()}
             for name, heart_id in HEART_NAMES.items():
                 if heart_id not in source_of:
-                    absent[name] = "no MM-WHS label value"
+                    absent[name] = f"no {source_name} label value"
                 elif source_of[heart_id] not in values:
                     absent[name] = f"value {source_of[heart_id]} not in the label map"
         else:
@@ -240,7 +279,7 @@ def prepare_cardiac(
         print(f"dropped {d['case_id']}: {d['reason']}")
     unknown_cases = {r["case_id"]: r["unknown_values"] for r in rows if r.get("unknown_values")}
     if unknown_cases:
-        print(f"label values outside the MM-WHS table (set to 0), value: voxels: {unknown_cases}")
+        print(f"label values outside the {layout} table (set to 0), value: voxels: {unknown_cases}")
     lacking = ", ".join(f"{k} {v}/{len(rows)}" for k, v in summary.items() if v) or "none"
     print(f"\nabsent structures (cases lacking them): {lacking}\n{len(rows)} case(s), {len(dropped)} dropped; "
           f"training/validation/test = {len(split['training'])}/{len(split['validation'])}/{len(split['test'])}\n"
