@@ -24,7 +24,7 @@ from tools.data.label_maps import (
     RemapLabelsd,
     remap_labels,
 )
-from tools.data.prepare_aaa import mask_dice, prepare_aaa
+from tools.data.prepare_aaa import find_case_files, mask_dice, prepare_aaa
 from tools.data.prepare_amos import prepare_amos
 from tools.data.prepare_cardiac import prepare_cardiac
 from tools.data.splits import patient_of, split_by_patient
@@ -167,6 +167,7 @@ def test_prepare_aaa_dice_qc_drops_misregistered_real_aorta(tmp_path, capsys):
     assert [e["case_id"] for e in content["training"]] == ["good"] and not content["validation"] and not content["test"]
     assert "lumen" not in content["training"][0]
     assert _resolve(out, content["training"][0]["cect"]) == (src / "ct_cropped.nii.gz").resolve()
+    assert content["training"][0]["cect"] == "pairs/good/cect.nii.gz"  # symlinks are referenced, not resolved
     report = json.loads((tmp_path / "datalist_report.json").read_text())
     expected = mask_dice(aorta, shifted)
     assert 0 < expected < 0.8
@@ -175,6 +176,19 @@ def test_prepare_aaa_dice_qc_drops_misregistered_real_aorta(tmp_path, capsys):
     assert dropped["dice"] == pytest.approx(expected, abs=1e-4)
     assert next(c for c in report["cases"] if c["case_id"] == "good")["dice"] == 1.0
     assert "shifted" in capsys.readouterr().out
+
+
+def test_find_case_files_disambiguates_by_elimination(tmp_path):
+    case = tmp_path / "c"
+    for name in ("c_ncct.nii.gz", "c_ncct_aorta.nii.gz", "c_cect.nii.gz", "c_cect_aorta.nii.gz", "notes.txt"):
+        _save(case / name, np.zeros((2, 2, 2), np.uint8)) if name.endswith(".gz") else (case / name).write_text("x")
+    patterns = {"ncct": "*ncct*.nii.gz", "cect": "*cect*.nii.gz", "aorta": "*aorta*.nii.gz", "lumen": "*lumen*.nii.gz"}
+    found, problems = find_case_files(case, {**patterns, "cect_aorta": "*cect_aorta*"})
+    assert {k: v.name for k, v in found.items()} == {
+        "ncct": "c_ncct.nii.gz", "cect": "c_cect.nii.gz", "aorta": "c_ncct_aorta.nii.gz", "cect_aorta": "c_cect_aorta.nii.gz"}
+    assert problems == {"lumen": "missing (no file matches '*lumen*.nii.gz')"}
+    found, problems = find_case_files(case, patterns)  # which aorta is which is unknown without --cect_aorta_pattern
+    assert found == {} and problems["aorta"].startswith("ambiguous: c_cect_aorta.nii.gz, c_ncct_aorta.nii.gz")
 
 
 def test_prepare_aaa_refuses_overwrite(tmp_path):

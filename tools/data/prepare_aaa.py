@@ -51,27 +51,39 @@ def _matches(rel: str, pattern: str) -> bool:
 
 
 def find_case_files(case_dir: Path, patterns: dict[str, str | None]) -> tuple[dict[str, Path], dict[str, str]]:
-    """Assign the NIfTI files of ``case_dir`` to roles by glob pattern.
+    """Assign the NIfTI files of ``case_dir`` (searched recursively) to roles by glob pattern.
+
+    A role whose pattern matches exactly one file not yet taken gets that file; this repeats until nothing
+    changes, so ``ncct_aorta.nii.gz`` (matched by ``*ncct*`` and ``*aorta*``) goes to the aorta once the
+    aorta has no other candidate, and ``ncct.nii.gz`` is then the only NCCT left.
 
     Returns:
-        (role -> file, role -> problem) where a problem is ``"missing"`` or ``"ambiguous: a, b"``.
+        (role -> file, role -> problem) where a problem starts with ``"missing"`` or ``"ambiguous"``.
     """
     files = sorted(p for p in case_dir.rglob("*") if p.is_file() and p.name.endswith((".nii", ".nii.gz")))
     rel = {p: p.relative_to(case_dir).as_posix() for p in files}
     active = {role: pat for role, pat in patterns.items() if pat}
+    candidates = {role: [p for p in files if _matches(rel[p], pat)] for role, pat in active.items()}
     found: dict[str, Path] = {}
+    changed = True
+    while changed:
+        changed = False
+        for role in active:
+            free = [p for p in candidates[role] if p not in found.values()]
+            if role not in found and len(free) == 1:
+                found[role], changed = free[0], True
     problems: dict[str, str] = {}
     for role, pattern in active.items():
-        candidates = [p for p in files if _matches(rel[p], pattern)]
-        if len(candidates) > 1:  # set aside files that another role's pattern also claims
-            specific = [p for p in candidates if not any(_matches(rel[p], q) for r, q in active.items() if r != role)]
-            candidates = specific if len(specific) == 1 else candidates
-        if len(candidates) == 1:
-            found[role] = candidates[0]
-        elif not candidates:
-            problems[role] = f"missing (no file matches {pattern!r})"
+        if role in found:
+            continue
+        free = [p for p in candidates[role] if p not in found.values()]
+        if free:
+            problems[role] = "ambiguous: " + ", ".join(rel[p] for p in free) + f" match {pattern!r}"
+        elif candidates[role]:
+            taken = ", ".join(f"{rel[p]} ({r})" for r, p in found.items() if p in candidates[role])
+            problems[role] = f"missing (the only match(es) of {pattern!r} are used as {taken})"
         else:
-            problems[role] = "ambiguous: " + ", ".join(rel[p] for p in candidates) + f" match {pattern!r}"
+            problems[role] = f"missing (no file matches {pattern!r})"
     return found, problems
 
 
@@ -173,7 +185,8 @@ def prepare_aaa(
     kept = sorted(entries)
     if not kept:
         _print_report(rows)
-        raise ValueError(f"no usable case in --root '{root_path}': all {len(rows)} case(s) were dropped (see the table above)")
+        raise ValueError(f"no usable case in --root '{root_path}': all {len(rows)} case(s) were dropped (see the table above; "
+            "set --ncct_pattern/--cect_pattern/--aorta_pattern/--cect_aorta_pattern/--lumen_pattern to match the file names)")
     split = split_by_patient(kept, val_fraction, test_fraction, seed, patient_regex)
     split_of = {c: s for s, ids in split.items() for c in ids}
     for row in rows:

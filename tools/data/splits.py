@@ -129,7 +129,8 @@ def _relative(entry: dict[str, Any], base: Path, file_keys: Sequence[str]) -> di
     out = dict(entry)
     for key in file_keys:
         if key in out and out[key] is not None:
-            out[key] = Path(os.path.relpath(Path(out[key]).resolve(), base.resolve())).as_posix()
+            # abspath, not resolve: a symlinked data set stays referenced through the link the user gave
+            out[key] = Path(os.path.relpath(os.path.abspath(out[key]), os.path.abspath(base))).as_posix()
     return out
 
 
@@ -192,5 +193,6 @@ def run_cli(component: Callable) -> None:
     try:
         fire.Fire(component)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
+        sys.stdout.flush()
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
