@@ -83,7 +83,8 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
         c.ellipsoid(ts["renal_sinus"], (cx + hil[0], cy + hil[1], cz), (semi[0] * 0.45, semi[1] * 0.35, semi[2] * 0.5), rot,
                     only=[ts[f"kidney_cortex_{tag}"], ts[f"kidney_medulla_{tag}"]])
         blob(f"adrenal_{tag}", (side * k * u(30, 40), yv + k * u(12, 20), cz + semi[2] + u(5, 15)),
-             (k * 3.5, k * u(12, 16), u(14, 20)), yaw=side * u(0.2, 0.5), amount=0.04, only=cav + [ts["muscle"]])
+             (k * 3.5, k * u(12, 16), u(14, 20)), yaw=side * u(0.2, 0.5), amount=0.04,
+             only=cav + [ts["muscle"], ts["liver"], ts["spleen"]])
     # pancreas: blobs from the head (right, lower) to the tail (left, higher, near the spleen)
     n = 9
     head = np.array([k * u(25, 35), front + k * u(30, 40), zt(u(0.7, 0.74))])
@@ -100,10 +101,7 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
         r = k * u(9, 12)
         blob("duodenum_wall", tuple(ctr), (r, r, u(12, 18)), amount=0.05)
         blob("duodenum_content", tuple(ctr), (r * 0.6, r * 0.6, u(8, 12)), amount=0.05, only=[ts["duodenum_wall"]])
-    # esophagus at the top, anterior-left of the aorta
     one = np.ones_like(z)
-    ecx, ecy = -k * u(10, 18), front + k * u(30, 38)
-    c.tube(ts["esophagus"], z, ecx * one, ecy * one, np.where(t > u(0.88, 0.93), max(k * 8, vmin), 0.0), max(k * 6, vmin))
     # pelvis: bladder, prostate (male) or uterus (female), iliac wings
     bc = (k * u(-5, 5), k * u(30, 45), zt(u(0.05, 0.1)))
     bs = (k * u(30, 42), k * u(24, 32), u(28, 40))
@@ -136,6 +134,11 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
     for side in (1, -1):
         spread = np.clip(t_bif - t, 0, None) * E * 0.45
         c.tube(ts["vessel"], z, acx + side * spread, acy - 0.3 * spread, np.where(t < t_bif, ra * 0.65, 0.0), ra * 0.65)
+    # esophagus at the top (hiatus), anterior-left of the aorta
+    re_ = max(k * 8, vmin)
+    ecx, ecy = acx - 0.3 * ra - u(0, 4) * k, acy + ra + re_ * 0.7 + 2
+    c.tube(ts["esophagus"], z, ecx * one, ecy * one, np.where(t > u(0.85, 0.9), re_, 0.0), max(k * 6, vmin),
+           exclude=[ts["cortical"], ts["cancellous"], ts["disc"], ts["aorta"]])
     _hu(ts, rng)
     return {"tissues": ts, "phases": ("image",), "info": {}}
 
