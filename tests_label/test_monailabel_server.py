@@ -1,0 +1,186 @@
+"""A real MONAI Label server on 127.0.0.1 serving bundles on phantom studies.
+
+Not part of the main suite: needs the MONAI Label environment (``make test-label`` creates
+``.venv-label``) and runs as ``.venv-label/bin/python -m pytest tests_label``.
+
+Each test makes an app folder with ``tools.monailabel_app.make_app.make`` (MONAI Label's own
+``monaibundle`` sample app + the bundles linked under ``model/`` + tiny random weights), starts
+``monailabel start_server``, waits for ``/info`` to list the models, POSTs
+``/infer/<model>?image=<study>`` and checks the returned label map (shape = the study's shape, values
+among the label ids of the bundle's ``channel_def``), then stops the server.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+monailabel = pytest.importorskip("monailabel", reason="MONAI Label is not installed: run `make test-label`")
+nib = pytest.importorskip("nibabel")
+
+from tools.monailabel_app import make_app as ma  # noqa: E402
+
+STARTUP_TIMEOUT_S = 300
+INFER_TIMEOUT_S = 600
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str, timeout: float = 10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+class Server:
+    """``monailabel start_server`` in a subprocess; log in ``log``; stopped by ``stop``."""
+
+    def __init__(self, app: str, studies: str, models: list[str], log: Path):
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        cmd = ma.server_command(app, studies, models, port=self.port)
+        self._fh = open(log, "w")
+        self.proc = subprocess.Popen(cmd, env=ma.server_env(), stdout=self._fh, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_models(self, models: list[str]) -> dict:
+        deadline = time.time() + STARTUP_TIMEOUT_S
+        last = None
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"monailabel exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                info = _get_json(f"{self.base}/info/")
+                if all(m in info.get("models", {}) for m in models):
+                    return info
+                last = info
+            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+                pass
+            time.sleep(2)
+        pytest.fail(f"/info did not list {models} within {STARTUP_TIMEOUT_S}s (last: {last}):\n{self.tail()}")
+
+    def infer(self, model: str, image: str) -> bytes:
+        req = urllib.request.Request(f"{self.base}/infer/{model}?image={image}&output=image", data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=INFER_TIMEOUT_S) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            pytest.fail(f"/infer/{model} failed: HTTP {e.code} {e.read()[:2000]!r}\n{self.tail()}")
+
+    def tail(self, n: int = 80) -> str:
+        self._fh.flush()
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._fh.close()
+
+
+def _check_label_map(data: bytes, tmp_path: Path, study: Path, labels: dict[str, int]) -> np.ndarray:
+    out = tmp_path / "returned_label.nii.gz"
+    out.write_bytes(data)
+    lab = nib.load(str(out))
+    ref = nib.load(str(study))
+    arr = np.asarray(lab.dataobj)
+    assert arr.shape == ref.shape, f"label map shape {arr.shape} != study shape {ref.shape}"
+    np.testing.assert_allclose(lab.affine, ref.affine, atol=1e-3)
+    values = set(np.unique(arr).astype(int).tolist())
+    allowed = set(labels.values()) | {0}
+    assert values <= allowed, f"label values {values} not among {allowed}"
+    return arr
+
+
+def _serve_and_infer(tmp_path: Path, info: dict) -> dict[str, np.ndarray]:
+    server = Server(info["app"], info["studies"], info["models"], tmp_path / "monailabel.log")
+    results = {}
+    try:
+        listing = server.wait_models(info["models"])
+        for model in info["models"]:
+            labels = listing["models"][model].get("labels", {})
+            assert labels, f"/info lists no labels for {model}: {listing['models'][model]}"
+            data = server.infer(model, info["images"][model])
+            study = Path(info["studies"]) / f"{info['images'][model]}.nii.gz"
+            results[model] = _check_label_map(data, tmp_path, study, labels)
+    finally:
+        server.stop()
+    return results
+
+
+def _write_dev_bundle(root: Path) -> Path:
+    """Tiny MONAI 3D segmentation bundle (3 classes) shaped like a model-zoo bundle."""
+    b = root / "tiny_seg"
+    (b / "configs").mkdir(parents=True)
+    inference = {
+        "imports": ["$import torch"],
+        "bundle_root": ".",
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "network_def": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3,
+                        "channels": [4, 8], "strides": [2], "num_res_units": 0},
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -200, "a_max": 400, "b_min": 0.0,
+             "b_max": 1.0, "clip": True},
+            {"_target_": "EnsureTyped", "keys": "image"}]},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 16], "sw_batch_size": 1},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]},
+    }
+    meta = {
+        "version": "0.0.1", "description": "tiny dev segmentation bundle",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "hounsfield", "num_channels": 1,
+                                 "spatial_shape": [32, 32, 16], "dtype": "float32", "value_range": [0, 1]}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 3,
+                                 "spatial_shape": [32, 32, 16], "dtype": "float32", "value_range": [0, 2],
+                                 "channel_def": {"0": "background", "1": "left", "2": "right"}}}},
+    }
+    (b / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
+    (b / "configs" / "metadata.json").write_text(json.dumps(meta, indent=1))
+    (b / "LICENSE").write_text("Apache-2.0")
+    return b
+
+
+def test_dev_bundle_served(tmp_path):
+    """The whole chain on a tiny stock-MONAI segmentation bundle (independent of the project's bundles)."""
+    bundles = tmp_path / "bundles"
+    _write_dev_bundle(bundles)
+    yml = tmp_path / "models.yml"
+    yml.write_text(json.dumps({"models": {"tiny_seg": {"bundle": "tiny_seg", "study": {"anatomy": "heart", "key": "image"}}}}))
+    info = ma.make(app=str(tmp_path / "app"), studies=str(tmp_path / "studies"), models_yml=str(yml),
+                   bundles_dir=str(bundles), weights="tiny", size=32, slices=16)
+    assert (tmp_path / "app" / "main.py").is_file()
+    assert (tmp_path / "app" / "model" / "tiny_seg" / "configs" / "inference.json").is_symlink()
+    res = _serve_and_infer(tmp_path, info)
+    assert res["tiny_seg"].ndim == 3
+
+
+def test_project_bundles_served(tmp_path):
+    """The project's bundles listed in tools/monailabel_app/models.yml, with tiny weights."""
+    specs = ma.read_models()
+    missing = [n for n, s in specs.items() if not (ma.DEFAULT_BUNDLES_DIR / s["bundle"] / "configs" / "inference.json").is_file()]
+    if not specs or missing:
+        pytest.skip(f"models.yml lists no servable bundle yet (missing inference.json: {missing or 'no entries'})")
+    info = ma.make(app=str(tmp_path / "app"), studies=str(tmp_path / "studies"), weights="tiny")
+    res = _serve_and_infer(tmp_path, info)
+    assert set(res) == set(specs)
