@@ -32,6 +32,7 @@ __all__ = [
     "AMOS_LABELS",
     "HEART_LABELS",
     "HEART_NAMES",
+    "MAPPINGS",
     "MMWHS_TO_HEART",
     "PER_STRUCTURE_FILES",
     "TOTALSEG_HEARTCHAMBERS_TO_HEART",
@@ -39,6 +40,7 @@ __all__ = [
     "TOTALSEG_V2_TO_AMOS",
     "RemapLabels",
     "RemapLabelsd",
+    "named_mapping",
     "remap_labels",
 ]
 
@@ -113,12 +115,28 @@ TOTALSEG_HEART_FILES: dict[str, str] = {
 TOTALSEG_HEARTCHAMBERS_TO_HEART: dict[int, int] = {1: 5, 2: 1, 3: 2, 4: 3, 5: 4, 6: 6, 7: 7}
 
 
+MAPPINGS = ("TOTALSEG_V2_TO_AMOS", "MMWHS_TO_HEART", "TOTALSEG_HEARTCHAMBERS_TO_HEART")
+
+
+def named_mapping(mapping: Mapping[int, int] | str) -> Mapping[int, int]:
+    """``mapping`` itself, or the table of this module it names (e.g. ``"TOTALSEG_V2_TO_AMOS"``), so that a
+    bundle config can write ``"mapping": "TOTALSEG_V2_TO_AMOS"``."""
+    if isinstance(mapping, str):
+        if mapping.upper() not in MAPPINGS:
+            raise ValueError(f"unknown label mapping {mapping!r}; expected a dict or one of {MAPPINGS}")
+        return globals()[mapping.upper()]
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"label mapping must be a dict of source id -> target id or a table name, got {type(mapping).__name__}")
+    return mapping
+
+
 def remap_labels(labels: Any, mapping: Mapping[int, int], default: int = 0) -> Any:
     """Map every class id of ``labels`` through ``mapping``; ids absent from ``mapping`` become ``default``.
 
     Args:
         labels: integer label map (numpy array, torch tensor or MetaTensor), any shape.
-        mapping: source id -> target id.
+        mapping: source id -> target id (JSON-style string keys allowed), or the name of a table of this
+            module (:data:`MAPPINGS`).
         default: target id of the source ids not in ``mapping`` (background by default).
 
     Returns:
@@ -137,6 +155,7 @@ def remap_labels(labels: Any, mapping: Mapping[int, int], default: int = 0) -> A
         arr = np.rint(arr).astype(np.int64)
     if arr.min() < 0:
         raise ValueError(f"remap_labels: negative label value {arr.min()}; expected class ids >= 0")
+    mapping = {int(k): int(v) for k, v in named_mapping(mapping).items()}
     size = int(max(arr.max(), max(mapping, default=0))) + 1
     lut = np.full(size, default, dtype=np.int64)
     for src, dst in mapping.items():
@@ -161,8 +180,8 @@ def _transforms() -> dict[str, type]:
     class RemapLabels(Transform):
         """Array transform: :func:`remap_labels` with a fixed ``mapping`` (e.g. ``TOTALSEG_V2_TO_AMOS``)."""
 
-        def __init__(self, mapping: Mapping[int, int], default: int = 0) -> None:
-            self.mapping = {int(k): int(v) for k, v in mapping.items()}
+        def __init__(self, mapping: Mapping[int, int] | str, default: int = 0) -> None:
+            self.mapping = {int(k): int(v) for k, v in named_mapping(mapping).items()}
             self.default = int(default)
 
         def __call__(self, labels: Any) -> Any:
