@@ -485,12 +485,14 @@ def test_prepare_cardiac_totalseg_and_per_structure(tmp_path):
     _save(tmp_path / "ps" / "case_b" / "img.nii.gz", np.zeros(shape, np.int16), LPS)
     out2 = tmp_path / "ps.json"
     prepare_cardiac(str(tmp_path / "ps"), str(out2), layout="per_structure", image_name="img.nii.gz", mask_dir="masks",
-                    structure_files={"LV": "lv.nii.gz", "MYO": "myo.nii.gz"}, val_fraction=0.5, test_fraction=0)
+                    structure_files={"LV": "lv.nii.gz", "MYO": "myo.nii.gz"}, val_fraction=0, test_fraction=0)
     entries = {e["case_id"]: e for s in ("training", "validation") for e in _load_split(out2)[s]}
     merged = np.asarray(nib.load(str(_resolve(out2, entries["case_a"]["label"]))).dataobj)
     assert set(np.unique(merged)) == {0, 2, 5} and np.count_nonzero(merged == 2) == 12
     report = json.loads((tmp_path / "ps_report.json").read_text())
-    assert report["absent_summary"]["cases_lacking"]["LA"] == 2 and report["absent_summary"]["cases_lacking"]["LV"] == 1
+    assert report["absent_summary"]["cases_lacking"] == {"LA": 1, "LV": 0, "RA": 1, "RV": 1, "MYO": 0, "AO": 1, "PA": 1, "LAA": 1}
+    assert report["dropped"][0]["case_id"] == "case_b" and "no heart structure" in report["dropped"][0]["reason"]
+    assert "case_b" not in entries and not (tmp_path / "labels_heart" / "case_b.nii.gz").exists()
 
 
 def test_prepare_cardiac_refuses_overwrite(tmp_path):

@@ -165,8 +165,7 @@ def prepare_amos(
         entry = {"case_id": case_id, "image": str(image), "label": str(label)}
         row: dict[str, Any] = {"case_id": case_id, "image": str(image), "label": str(label)}
         if check_labels or remap_from:
-            image_img, label_img = load_nifti(image), load_nifti(label)
-            check_same_grid(image, image_img, label, label_img)
+            label_img = load_nifti(label)
             ids = load_labels(label, label_img)
             if remap_from:
                 row["source_ids"] = present_ids(ids)

@@ -234,8 +234,7 @@ def prepare_cardiac(
         row: dict[str, Any] = {"case_id": case_id}
         if layout in _TABLES:
             source_name, table = _TABLES[layout]
-            image_img, label_img = load_nifti(case["image"]), load_nifti(case["label"])
-            check_same_grid(case["image"], image_img, case["label"], label_img)
+            label_img = load_nifti(case["label"])
             source = load_labels(case["label"], label_img)
             values = id_counts(source)
             row["unknown_values"] = {v: n for v, n in values.items() if v != 0 and v not in table}
@@ -249,11 +248,17 @@ def prepare_cardiac(
                     absent[name] = f"value {source_of[heart_id]} not in the label map"
         else:
             merged, reference, row["overlap_voxels"] = _merge_masks(case, absent)
-        written = save_label_like(merged, reference, label_out / f"{case_id}.nii.gz")
         row["present"] = [HEART_LABELS[i] for i in present_ids(merged) if i]
         row["absent"] = absent
+        if not row["present"]:  # an all-background map teaches nothing: drop the case (split stays by patient)
+            dropped.append({"case_id": case_id, "reason": "no heart structure present: " + ", ".join(f"{k} ({v})" for k, v in absent.items())})
+            continue
+        written = save_label_like(merged, reference, label_out / f"{case_id}.nii.gz")
         rows.append(row)
         entries[case_id] = {"case_id": case_id, "image": str(case["image"]), "label": str(written)}
+    if not entries:
+        raise ValueError(f"no {layout} case in --root '{root_path}' has any heart structure (see 'dropped': {dropped[:3]})")
+    split = {name: [c for c in ids if c in entries] for name, ids in split.items()}
 
     split_of = {c: s for s, ids in split.items() for c in ids}
     summary = {name: sum(name in r["absent"] for r in rows) for name in HEART_NAMES}
