@@ -138,6 +138,11 @@ def test_prepare_aaa_split_by_patient_unlabeled_and_missing(tmp_path, capsys):
         for key in set(e) - {"case_id"}:
             path = _resolve(out, e[key])
             assert path.parent.name == e["case_id"] and key in path.name
+    from tools.data.datalist import load_datalist  # the loader every bundle uses (imports MONAI)
+
+    loaded = load_datalist(out, "training", required_keys=("case_id", "ncct", "cect", "aorta"))
+    assert [e["case_id"] for e in loaded] == [e["case_id"] for e in content["training"]]
+    assert all(Path(e["ncct"]).is_absolute() and Path(e["ncct"]).is_file() for e in loaded)
     p07 = next(e for e in entries if e["case_id"] == "P07_a")
     assert p07["ncct"].endswith("P07_ncct.nii.gz") and p07["aorta"].endswith("P07_ncct_aorta.nii.gz")
 
