@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+
 from tools.data.label_maps import MMWHS_TO_HEART, TOTALSEG_V2_TO_AMOS, remap_labels
 from tools.data.prepare_aaa import find_case_files, mask_dice, prepare_aaa
 from tools.data.prepare_amos import prepare_amos
@@ -108,8 +109,13 @@ def _aaa_case(root: Path, case_id: str, names: dict[str, str | None], affine=RAS
     for role, name in names.items():
         if name is None or (role == "lumen" and not lumen):
             continue
-        data = {"ncct": ct, "cect": ct + 250 * aorta, "aorta": aorta, "lumen": _ball(radius=2.0),
-                "cect_aorta": np.roll(aorta, shift, axis=0)}[role]
+        data = {
+            "ncct": ct,
+            "cect": ct + 250 * aorta,
+            "aorta": aorta,
+            "lumen": _ball(radius=2.0),
+            "cect_aorta": np.roll(aorta, shift, axis=0),
+        }[role]
         _save(root / case_id / name, data, affine)
 
 
@@ -165,9 +171,13 @@ def test_prepare_aaa_dice_qc_drops_misregistered_real_aorta(tmp_path, capsys):
         for name in ("ncct.nii.gz", "cect.nii.gz"):  # the real CTA stands in for both phases (header checks only)
             os.symlink(src / "ct_cropped.nii.gz", root / case / name)
         os.symlink(src / "aorta.nii.gz", root / case / "aorta.nii.gz")
-        nib.save(nib.Nifti1Image(cect_aorta, aorta_img.affine, aorta_img.header), str(root / case / "cect_aorta.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(cect_aorta, aorta_img.affine, aorta_img.header), str(root / case / "cect_aorta.nii.gz")
+        )
     out = tmp_path / "datalist.json"
-    prepare_aaa(str(root), str(out), cect_aorta_pattern="cect_aorta.nii.gz", min_dice=0.8, val_fraction=0, test_fraction=0)
+    prepare_aaa(
+        str(root), str(out), cect_aorta_pattern="cect_aorta.nii.gz", min_dice=0.8, val_fraction=0, test_fraction=0
+    )
 
     content = _load_split(out)
     assert [e["case_id"] for e in content["training"]] == ["good"] and not content["validation"] and not content["test"]
@@ -191,7 +201,11 @@ def test_find_case_files_disambiguates_by_elimination(tmp_path):
     patterns = {"ncct": "*ncct*.nii.gz", "cect": "*cect*.nii.gz", "aorta": "*aorta*.nii.gz", "lumen": "*lumen*.nii.gz"}
     found, problems = find_case_files(case, {**patterns, "cect_aorta": "*cect_aorta*"})
     assert {k: v.name for k, v in found.items()} == {
-        "ncct": "c_ncct.nii.gz", "cect": "c_cect.nii.gz", "aorta": "c_ncct_aorta.nii.gz", "cect_aorta": "c_cect_aorta.nii.gz"}
+        "ncct": "c_ncct.nii.gz",
+        "cect": "c_cect.nii.gz",
+        "aorta": "c_ncct_aorta.nii.gz",
+        "cect_aorta": "c_cect_aorta.nii.gz",
+    }
     assert problems == {"lumen": "missing (no file matches '*lumen*.nii.gz')"}
     found, problems = find_case_files(case, patterns)  # which aorta is which is unknown without --cect_aorta_pattern
     assert found == {} and problems["aorta"].startswith("ambiguous: c_cect_aorta.nii.gz, c_ncct_aorta.nii.gz")
@@ -221,7 +235,9 @@ def test_prepare_aaa_bad_arguments(tmp_path):
     # CECT-aorta on another grid: a clear error naming both files, nothing written
     _save(root / "c1" / "cect_aorta.nii.gz", _ball(), LPS)
     with pytest.raises(ValueError, match=r"(?s)aorta\.nii\.gz.*cect_aorta\.nii\.gz.*different affines"):
-        prepare_aaa(str(root), str(tmp_path / "d.json"), cect_aorta_pattern="cect_aorta.nii.gz", val_fraction=0, test_fraction=0)
+        prepare_aaa(
+            str(root), str(tmp_path / "d.json"), cect_aorta_pattern="cect_aorta.nii.gz", val_fraction=0, test_fraction=0
+        )
     assert not (tmp_path / "d.json").exists()
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no case folders"):
@@ -229,7 +245,9 @@ def test_prepare_aaa_bad_arguments(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- AMOS
-def _amos_pair(root: Path, part: str, idx: int, label: np.ndarray | None = None, image=True, lab=True, affine=LPS) -> None:
+def _amos_pair(
+    root: Path, part: str, idx: int, label: np.ndarray | None = None, image=True, lab=True, affine=LPS
+) -> None:
     label = _ball().astype(np.uint8) * (idx % 15 + 1) if label is None else label
     if image:
         _save(root / f"images{part}" / f"amos_{idx:04d}.nii.gz", label.astype(np.int16) * 30 - 1000, affine)
@@ -246,9 +264,14 @@ def test_prepare_amos_ct_only_split_and_test_from_va(tmp_path, capsys):
     for i in (101, 102, 103, 104):
         _amos_pair(root, "Va", i)
     _amos_pair(root, "Va", 550)  # MRI
-    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "spleen", "8": "arota"},
-                                                   "training": [{"image": "./imagesTr/amos_0001.nii.gz"},
-                                                                {"image": "./imagesTr/amos_0400.nii.gz"}]}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "labels": {"0": "background", "1": "spleen", "8": "arota"},
+                "training": [{"image": "./imagesTr/amos_0001.nii.gz"}, {"image": "./imagesTr/amos_0400.nii.gz"}],
+            }
+        )
+    )
     out = tmp_path / "amos.json"
     prepare_amos(str(root), str(out), val_fraction=0.25, num_test=2, seed=0)
 
@@ -353,8 +376,14 @@ def test_prepare_amos_refuses_overwrite_of_remapped_labels(tmp_path):
     assert nib.load(str(existing)).shape == (12, 12, 6)
     # never write onto an input, even with --overwrite
     with pytest.raises(ValueError, match="is an input file"):
-        prepare_amos(str(root), str(out), val_fraction=0.34, remap_from="totalseg", overwrite=True,
-                     label_dir=str(root / "labelsTr"))
+        prepare_amos(
+            str(root),
+            str(out),
+            val_fraction=0.34,
+            remap_from="totalseg",
+            overwrite=True,
+            label_dir=str(root / "labelsTr"),
+        )
 
 
 def test_prepare_amos_bad_arguments(tmp_path):
@@ -373,8 +402,19 @@ def test_prepare_amos_bad_arguments(tmp_path):
         prepare_amos(str(root), str(tmp_path / "d.json"), val_fraction=0.5)
     # the CLI: one clear line on stderr, exit status 2
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.data.prepare_amos", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "d.json")],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "tools.data.prepare_amos",
+            "--root",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "d.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert proc.returncode == 2 and "error: --root" in proc.stderr and "missing" in proc.stderr
 
@@ -416,7 +456,16 @@ def test_prepare_cardiac_mmwhs(tmp_path, capsys):
     case2 = next(c for c in report["cases"] if c["case_id"] == "ct_train_1002")
     assert case2["absent"] == {"PA": "value 850 not in the label map", "LAA": "no MM-WHS label value"}
     assert case2["unknown_values"] == {"421": 2 * 8 * 4}
-    assert report["absent_summary"]["cases_lacking"] == {"LA": 0, "LV": 0, "RA": 0, "RV": 0, "MYO": 0, "AO": 0, "PA": 1, "LAA": 4}
+    assert report["absent_summary"]["cases_lacking"] == {
+        "LA": 0,
+        "LV": 0,
+        "RA": 0,
+        "RV": 0,
+        "MYO": 0,
+        "AO": 0,
+        "PA": 1,
+        "LAA": 4,
+    }
     assert report["dropped"][0]["case_id"] == "ct_test_2001"
     printed = capsys.readouterr().out
     assert "LAA 4/4" in printed and "PA 1/4" in printed
@@ -426,14 +475,18 @@ def test_prepare_cardiac_totalseg_and_per_structure(tmp_path):
     root = tmp_path / "ts"
     shape = (14, 14, 5)
     masks = {
-        "heart_atrium_left": (slice(1, 4), 1), "heart_ventricle_left": (slice(4, 7), 2),
-        "heart_atrium_right": (slice(7, 9), 3), "heart_ventricle_right": (slice(9, 11), 4),
-        "heart_myocardium": (slice(11, 12), 5), "aorta": (slice(12, 13), 6), "pulmonary_artery": (slice(13, 14), 7),
+        "heart_atrium_left": (slice(1, 4), 1),
+        "heart_ventricle_left": (slice(4, 7), 2),
+        "heart_atrium_right": (slice(7, 9), 3),
+        "heart_ventricle_right": (slice(9, 11), 4),
+        "heart_myocardium": (slice(11, 12), 5),
+        "aorta": (slice(12, 13), 6),
+        "pulmonary_artery": (slice(13, 14), 7),
         "atrial_appendage_left": (slice(2, 3), 8),  # overlaps the LA: LAA (later id) wins
         "pulmonary_vein": (slice(0, 1), None),  # not the PA: ignored
     }
     expected = {}
-    for c, case in enumerate(["s01", "s02", "s03"]):
+    for case in ["s01", "s02", "s03"]:
         label = np.zeros(shape, np.uint8)
         for name, (rows, heart_id) in masks.items():
             if (case == "s02" and name == "pulmonary_artery") or (case == "s03" and name == "atrial_appendage_left"):
@@ -489,13 +542,30 @@ def test_prepare_cardiac_totalseg_and_per_structure(tmp_path):
         _save(ps / "masks" / fname, mask, LPS)
     _save(tmp_path / "ps" / "case_b" / "img.nii.gz", np.zeros(shape, np.int16), LPS)
     out2 = tmp_path / "ps.json"
-    prepare_cardiac(str(tmp_path / "ps"), str(out2), layout="per_structure", image_name="img.nii.gz", mask_dir="masks",
-                    structure_files={"LV": "lv.nii.gz", "MYO": "myo.nii.gz"}, val_fraction=0, test_fraction=0)
+    prepare_cardiac(
+        str(tmp_path / "ps"),
+        str(out2),
+        layout="per_structure",
+        image_name="img.nii.gz",
+        mask_dir="masks",
+        structure_files={"LV": "lv.nii.gz", "MYO": "myo.nii.gz"},
+        val_fraction=0,
+        test_fraction=0,
+    )
     entries = {e["case_id"]: e for s in ("training", "validation") for e in _load_split(out2)[s]}
     merged = np.asarray(nib.load(str(_resolve(out2, entries["case_a"]["label"]))).dataobj)
     assert set(np.unique(merged)) == {0, 2, 5} and np.count_nonzero(merged == 2) == 12
     report = json.loads((tmp_path / "ps_report.json").read_text())
-    assert report["absent_summary"]["cases_lacking"] == {"LA": 1, "LV": 0, "RA": 1, "RV": 1, "MYO": 0, "AO": 1, "PA": 1, "LAA": 1}
+    assert report["absent_summary"]["cases_lacking"] == {
+        "LA": 1,
+        "LV": 0,
+        "RA": 1,
+        "RV": 1,
+        "MYO": 0,
+        "AO": 1,
+        "PA": 1,
+        "LAA": 1,
+    }
     assert report["dropped"][0]["case_id"] == "case_b" and "no heart structure" in report["dropped"][0]["reason"]
     assert "case_b" not in entries and not (tmp_path / "labels_heart" / "case_b.nii.gz").exists()
 
@@ -523,7 +593,9 @@ def test_prepare_cardiac_bad_arguments(tmp_path):
     _save(root / "c1" / "image.nii.gz", np.zeros((8, 8, 4), np.int16), RAS)
     _save(root / "c1" / "LV.nii.gz", np.ones((8, 8, 4), np.uint8), LPS)  # not on the image grid
     with pytest.raises(ValueError, match="structure_files: unknown structure"):
-        prepare_cardiac(str(root), str(tmp_path / "d.json"), layout="per_structure", structure_files={"LVOT": "x.nii.gz"})
+        prepare_cardiac(
+            str(root), str(tmp_path / "d.json"), layout="per_structure", structure_files={"LVOT": "x.nii.gz"}
+        )
     with pytest.raises(ValueError, match=r"(?s)image\.nii\.gz.*LV\.nii\.gz.*different affines"):
         prepare_cardiac(str(root), str(tmp_path / "d.json"), layout="per_structure", val_fraction=0, test_fraction=0)
     assert not (tmp_path / "d.json").exists()

@@ -38,8 +38,8 @@ __all__ = [
     "TOTALSEG_HEARTCHAMBERS_TO_HEART",
     "TOTALSEG_HEART_FILES",
     "TOTALSEG_V2_TO_AMOS",
-    "RemapLabels",
-    "RemapLabelsd",
+    "RemapLabels",  # noqa: F822 (built on first access, see __getattr__)
+    "RemapLabelsd",  # noqa: F822
     "named_mapping",
     "remap_labels",
 ]
@@ -82,7 +82,17 @@ TOTALSEG_V2_TO_AMOS: dict[int, int] = {
     22: 15,  # prostate -> prostate/uterus
 }
 
-HEART_LABELS: dict[int, str] = {0: "background", 1: "LA", 2: "LV", 3: "RA", 4: "RV", 5: "MYO", 6: "AO", 7: "PA", 8: "LAA"}
+HEART_LABELS: dict[int, str] = {
+    0: "background",
+    1: "LA",
+    2: "LV",
+    3: "RA",
+    4: "RV",
+    5: "MYO",
+    6: "AO",
+    7: "PA",
+    8: "LAA",
+}
 HEART_NAMES: dict[str, int] = {name: i for i, name in HEART_LABELS.items() if i}
 
 # MM-WHS 2017 CT label value -> heart id (no LAA in MM-WHS).
@@ -126,7 +136,9 @@ def named_mapping(mapping: Mapping[int, int] | str) -> Mapping[int, int]:
             raise ValueError(f"unknown label mapping {mapping!r}; expected a dict or one of {MAPPINGS}")
         return globals()[mapping.upper()]
     if not isinstance(mapping, Mapping):
-        raise ValueError(f"label mapping must be a dict of source id -> target id or a table name, got {type(mapping).__name__}")
+        raise ValueError(
+            f"label mapping must be a dict of source id -> target id or a table name, got {type(mapping).__name__}"
+        )
     return mapping
 
 

@@ -101,7 +101,9 @@ def check_same_grid(path_a: str | Path, img_a, path_b: str | Path, img_b, atol: 
     (affine entries equal within ``atol`` mm)."""
     shape_a, shape_b = tuple(img_a.shape[:3]), tuple(img_b.shape[:3])
     if shape_a != shape_b:
-        raise ValueError(f"'{path_a}' (shape {shape_a}) and '{path_b}' (shape {shape_b}) are not on the same voxel grid")
+        raise ValueError(
+            f"'{path_a}' (shape {shape_a}) and '{path_b}' (shape {shape_b}) are not on the same voxel grid"
+        )
     if not np.allclose(img_a.affine, img_b.affine, atol=atol):
         raise ValueError(
             f"'{path_a}' and '{path_b}' have different affines (not on the same grid):\n"
@@ -114,7 +116,9 @@ def save_label_like(labels: np.ndarray, reference: nib.Nifti1Image, path: str | 
     reference's affine and header geometry (qform/sform codes, zooms, units)."""
     labels = np.asarray(labels)
     if labels.shape[:3] != tuple(reference.shape[:3]):
-        raise ValueError(f"label array shape {labels.shape} does not match the reference grid {reference.shape[:3]} for '{path}'")
+        raise ValueError(
+            f"label array shape {labels.shape} does not match the reference grid {reference.shape[:3]} for '{path}'"
+        )
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(f"label values {labels.min()}..{labels.max()} do not fit uint8 for '{path}'")
     header = reference.header.copy()

@@ -151,7 +151,9 @@ def prepare_aaa(
     case_dirs = sorted(p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     case_dirs = [d for d in case_dirs if any(f.name.endswith((".nii", ".nii.gz")) for f in d.rglob("*"))]
     if not case_dirs:
-        raise ValueError(f"no case folders with NIfTI files found in --root '{root_path}' (expected root/<case_id>/*.nii.gz)")
+        raise ValueError(
+            f"no case folders with NIfTI files found in --root '{root_path}' (expected root/<case_id>/*.nii.gz)"
+        )
     cases = {d.name: find_case_files(d, patterns) for d in case_dirs}
     inputs = [f for found, _ in cases.values() for f in found.values()]
     check_outputs([out_path, report_path], inputs=inputs, overwrite=overwrite)
@@ -171,13 +173,18 @@ def prepare_aaa(
                 check_same_grid(found["ncct"], imgs["ncct"], found[role], imgs[role])
         if "cect_aorta" in imgs:
             check_same_grid(found["aorta"], imgs["aorta"], found["cect_aorta"], imgs["cect_aorta"])
-            dice = mask_dice(load_array(found["aorta"], imgs["aorta"]), load_array(found["cect_aorta"], imgs["cect_aorta"]))
+            dice = mask_dice(
+                load_array(found["aorta"], imgs["aorta"]), load_array(found["cect_aorta"], imgs["cect_aorta"])
+            )
             row["dice"] = None if np.isnan(dice) else round(dice, 4)
             if np.isnan(dice):
                 row["status"], row["reason"] = "dropped", "both aorta masks are empty"
                 continue
             if dice < min_dice:
-                row["status"], row["reason"] = "dropped", f"registration QC: aorta Dice {dice:.3f} < min_dice {min_dice}"
+                row["status"], row["reason"] = (
+                    "dropped",
+                    f"registration QC: aorta Dice {dice:.3f} < min_dice {min_dice}",
+                )
                 continue
         row["status"], row["reason"] = "kept", "" if "lumen" in found else "no lumen mask: unlabeled pair"
         entries[case_id] = {"case_id": case_id, **{k: str(found[k]) for k in FILE_KEYS if k in found}}
@@ -185,8 +192,11 @@ def prepare_aaa(
     kept = sorted(entries)
     if not kept:
         _print_report(rows)
-        raise ValueError(f"no usable case in --root '{root_path}': all {len(rows)} case(s) were dropped (see the table above; "
-            "set --ncct_pattern/--cect_pattern/--aorta_pattern/--cect_aorta_pattern/--lumen_pattern to match the file names)")
+        raise ValueError(
+            f"no usable case in --root '{root_path}': all {len(rows)} case(s) were dropped (see the table above; "
+            "set --ncct_pattern/--cect_pattern/--aorta_pattern/--cect_aorta_pattern/--lumen_pattern "
+            "to match the file names)"
+        )
     split = split_by_patient(kept, val_fraction, test_fraction, seed, patient_regex)
     split_of = {c: s for s, ids in split.items() for c in ids}
     for row in rows:
@@ -210,7 +220,9 @@ def prepare_aaa(
             "unlabeled": sum("lumen" not in entries[c] for c in kept),
             **{s: len(ids) for s, ids in split.items()},
         },
-        "dropped": [{k: r[k] for k in ("case_id", "reason", "dice", "files")} for r in rows if r["status"] == "dropped"],
+        "dropped": [
+            {k: r[k] for k in ("case_id", "reason", "dice", "files")} for r in rows if r["status"] == "dropped"
+        ],
         "cases": rows,
     }
     write_prepared(entries, split, out_path, FILE_KEYS, report_data, report_path)

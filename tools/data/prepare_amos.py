@@ -132,8 +132,14 @@ def prepare_amos(
     for part in ("Tr", "Va"):
         images, labels = scans[f"images{part}"][0], scans[f"labels{part}"][0]
         pairs[part] = {c: (images[c], labels[c]) for c in sorted(images) if c in labels}
-        dropped += [{"case_id": c, "part": part, "reason": f"no label in labels{part}"} for c in sorted(set(images) - set(labels))]
-        dropped += [{"case_id": c, "part": part, "reason": f"no image in images{part}"} for c in sorted(set(labels) - set(images))]
+        dropped += [
+            {"case_id": c, "part": part, "reason": f"no label in labels{part}"}
+            for c in sorted(set(images) - set(labels))
+        ]
+        dropped += [
+            {"case_id": c, "part": part, "reason": f"no image in images{part}"}
+            for c in sorted(set(labels) - set(images))
+        ]
     for case_id in sorted(set(pairs["Tr"]) & set(pairs["Va"])):  # one patient must not be in two splits
         del pairs["Va"][case_id]
         dropped.append({"case_id": case_id, "part": "Va", "reason": "also in imagesTr/labelsTr (kept there only)"})
@@ -145,7 +151,11 @@ def prepare_amos(
 
     rng = np.random.default_rng(seed)
     va_ids = sorted(pairs["Va"])
-    test_ids = va_ids if num_test is None or num_test >= len(va_ids) else sorted(rng.choice(va_ids, num_test, replace=False).tolist())
+    test_ids = (
+        va_ids
+        if num_test is None or num_test >= len(va_ids)
+        else sorted(rng.choice(va_ids, num_test, replace=False).tolist())
+    )
     split = {"training": [], "validation": [], "test": test_ids}
     if pairs["Tr"]:
         tr_split = split_by_patient(sorted(pairs["Tr"]), val_fraction, 0.0, seed)
@@ -191,8 +201,11 @@ def prepare_amos(
             "unused_Va": len(va_ids) - len(test_ids),
             **{s: len(ids) for s, ids in split.items()},
         },
-        "notes": ([f"--num_test {num_test} requested, only {len(va_ids)} labelled CT validation case(s)"]
-                  if num_test is not None and num_test > len(va_ids) else []),
+        "notes": (
+            [f"--num_test {num_test} requested, only {len(va_ids)} labelled CT validation case(s)"]
+            if num_test is not None and num_test > len(va_ids)
+            else []
+        ),
         "skipped_mri_cases": skipped_mri,
         "dropped": dropped,
         "ignored_files": ignored,
@@ -203,8 +216,15 @@ def prepare_amos(
     write_prepared(entries, split, out_path, ("image", "label"), report_data, report_path, extra)
 
     print_table(
-        [(r["case_id"], split_of[r["case_id"]], " ".join(map(str, r.get("ids", []))) or "-",
-          " ".join(map(str, r.get("unexpected_ids", []))) or "") for r in cases],
+        [
+            (
+                r["case_id"],
+                split_of[r["case_id"]],
+                " ".join(map(str, r.get("ids", []))) or "-",
+                " ".join(map(str, r.get("unexpected_ids", []))) or "",
+            )
+            for r in cases
+        ],
         ("case_id", "split", "label ids", "unexpected ids"),
     )
     for d in dropped:
@@ -214,7 +234,11 @@ def prepare_amos(
         f"\nCT pairs: {c['ct_pairs_Tr']} in *Tr, {c['ct_pairs_Va']} in *Va; MRI cases skipped: {c['skipped_mri']}; "
         f"unpaired dropped: {c['dropped']}; training/validation/test = {c['training']}/{c['validation']}/{c['test']}"
         + "".join(f"\nnote: {n}" for n in report_data["notes"])
-        + (f"\ndataset.json label names differ: {dataset_json['label_differences']}" if dataset_json and dataset_json["label_differences"] else "")
+        + (
+            f"\ndataset.json label names differ: {dataset_json['label_differences']}"
+            if dataset_json and dataset_json["label_differences"]
+            else ""
+        )
         + f"\ndatalist: {out_path}\nreport:   {report_path}"
     )
     return str(out_path)

@@ -60,7 +60,10 @@ from tools.data.splits import check_fractions, check_outputs, print_table, run_c
 __all__ = ["LAYOUTS", "prepare_cardiac"]
 
 LAYOUTS = ("mmwhs", "totalseg_ml", "per_structure", "totalseg")
-_TABLES = {"mmwhs": ("MM-WHS", MMWHS_TO_HEART), "totalseg_ml": ("heartchambers_highres", TOTALSEG_HEARTCHAMBERS_TO_HEART)}
+_TABLES = {
+    "mmwhs": ("MM-WHS", MMWHS_TO_HEART),
+    "totalseg_ml": ("heartchambers_highres", TOTALSEG_HEARTCHAMBERS_TO_HEART),
+}
 _DEFAULTS = {
     "totalseg_ml": {"image_name": "ct.nii.gz", "label_name": "heartchambers_highres.nii.gz"},
     "per_structure": {"image_name": "image.nii.gz", "mask_dir": ".", "files": PER_STRUCTURE_FILES},
@@ -96,7 +99,9 @@ def _find_multilabel_per_case(root: Path, image_name: str, label_name: str) -> t
     return cases, dropped
 
 
-def _find_per_case(root: Path, image_name: str, mask_dir: str, files: dict[str, str]) -> tuple[dict[str, dict], list[dict]]:
+def _find_per_case(
+    root: Path, image_name: str, mask_dir: str, files: dict[str, str]
+) -> tuple[dict[str, dict], list[dict]]:
     cases: dict[str, dict] = {}
     dropped: list[dict] = []
     for case_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -204,17 +209,23 @@ def prepare_cardiac(
         files = dict(_DEFAULTS[layout]["files"])
         if structure_files is not None:
             if not isinstance(structure_files, dict) or not structure_files:
-                raise ValueError(f"--structure_files must be a non-empty dict of heart name -> file name, got {structure_files!r}")
+                raise ValueError(
+                    f"--structure_files must be a non-empty dict of heart name -> file name, got {structure_files!r}"
+                )
             unknown = sorted(set(structure_files) - set(HEART_NAMES))
             if unknown:
-                raise ValueError(f"--structure_files: unknown structure(s) {unknown}; expected names among {list(HEART_NAMES)}")
+                raise ValueError(
+                    f"--structure_files: unknown structure(s) {unknown}; expected names among {list(HEART_NAMES)}"
+                )
             files = {str(k): str(v) for k, v in structure_files.items()}
         image_name = image_name or _DEFAULTS[layout]["image_name"]
         mask_dir = mask_dir or _DEFAULTS[layout]["mask_dir"]
         cases, dropped = _find_per_case(root_path, image_name, mask_dir, files)
         layout_help = f"<root>/<case>/{image_name} with masks in <root>/<case>/{mask_dir}/"
     if not cases:
-        raise ValueError(f"no {layout} case found in --root '{root_path}' (expected {layout_help}; dropped: {len(dropped)})")
+        raise ValueError(
+            f"no {layout} case found in --root '{root_path}' (expected {layout_help}; dropped: {len(dropped)})"
+        )
 
     split = split_by_patient(sorted(cases), val_fraction, test_fraction, seed, patient_regex)
     inputs = [p for c in cases.values() for p in [c["image"], c.get("label"), *c.get("masks", {}).values()] if p]
@@ -251,13 +262,20 @@ def prepare_cardiac(
         row["present"] = [HEART_LABELS[i] for i in present_ids(merged) if i]
         row["absent"] = absent
         if not row["present"]:  # an all-background map teaches nothing: drop the case (split stays by patient)
-            dropped.append({"case_id": case_id, "reason": "no heart structure present: " + ", ".join(f"{k} ({v})" for k, v in absent.items())})
+            dropped.append(
+                {
+                    "case_id": case_id,
+                    "reason": "no heart structure present: " + ", ".join(f"{k} ({v})" for k, v in absent.items()),
+                }
+            )
             continue
         written = save_label_like(merged, reference, label_out / f"{case_id}.nii.gz")
         rows.append(row)
         entries[case_id] = {"case_id": case_id, "image": str(case["image"]), "label": str(written)}
     if not entries:
-        raise ValueError(f"no {layout} case in --root '{root_path}' has any heart structure (see 'dropped': {dropped[:3]})")
+        raise ValueError(
+            f"no {layout} case in --root '{root_path}' has any heart structure (see 'dropped': {dropped[:3]})"
+        )
     split = {name: [c for c in ids if c in entries] for name, ids in split.items()}
 
     split_of = {c: s for s, ids in split.items() for c in ids}
@@ -265,8 +283,13 @@ def prepare_cardiac(
     report_data = {
         "root": str(root_path.resolve()),
         "datalist": str(out_path.resolve()),
-        "settings": {"layout": layout, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
-                     "patient_regex": patient_regex},
+        "settings": {
+            "layout": layout,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "seed": seed,
+            "patient_regex": patient_regex,
+        },
         "counts": {"cases": len(rows), "dropped": len(dropped), **{s: len(ids) for s, ids in split.items()}},
         "absent_summary": {"cases_lacking": summary, "total_cases": len(rows)},
         "dropped": dropped,
@@ -276,8 +299,15 @@ def prepare_cardiac(
     write_prepared(entries, split, out_path, ("image", "label"), report_data, report_path, extra)
 
     print_table(
-        [(r["case_id"], split_of[r["case_id"]], " ".join(r["present"]) or "-",
-          ", ".join(f"{k} ({v})" for k, v in r["absent"].items()) or "-") for r in rows],
+        [
+            (
+                r["case_id"],
+                split_of[r["case_id"]],
+                " ".join(r["present"]) or "-",
+                ", ".join(f"{k} ({v})" for k, v in r["absent"].items()) or "-",
+            )
+            for r in rows
+        ],
         ("case_id", "split", "present", "absent (why)"),
     )
     for d in dropped:
@@ -286,9 +316,11 @@ def prepare_cardiac(
     if unknown_cases:
         print(f"label values outside the {layout} table (set to 0), value: voxels: {unknown_cases}")
     lacking = ", ".join(f"{k} {v}/{len(rows)}" for k, v in summary.items() if v) or "none"
-    print(f"\nabsent structures (cases lacking them): {lacking}\n{len(rows)} case(s), {len(dropped)} dropped; "
-          f"training/validation/test = {len(split['training'])}/{len(split['validation'])}/{len(split['test'])}\n"
-          f"datalist: {out_path}\nlabels:   {label_out}\nreport:   {report_path}")
+    print(
+        f"\nabsent structures (cases lacking them): {lacking}\n{len(rows)} case(s), {len(dropped)} dropped; "
+        f"training/validation/test = {len(split['training'])}/{len(split['validation'])}/{len(split['test'])}\n"
+        f"datalist: {out_path}\nlabels:   {label_out}\nreport:   {report_path}"
+    )
     return str(out_path)
 
 

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def split_by_patient(
     """
     check_fractions(val_fraction, test_fraction)
     if len(set(case_ids)) != len(case_ids):
-        dup = sorted({c for c in case_ids if list(case_ids).count(c) > 1})
+        dup = sorted(c for c, n in Counter(case_ids).items() if n > 1)
         raise ValueError(f"duplicate case ids {dup}: every case needs a unique id")
     groups: dict[str, list[str]] = {}
     for case_id in case_ids:
@@ -117,11 +118,15 @@ def check_outputs(paths: Iterable[str | Path], inputs: Iterable[str | Path] = ()
     for path in paths:
         path = Path(path)
         if path.resolve() in resolved_inputs:
-            raise ValueError(f"output '{path}' is an input file; choose another output folder (inputs are never overwritten)")
+            raise ValueError(
+                f"output '{path}' is an input file; choose another output folder (inputs are never overwritten)"
+            )
         if path.exists():
             existing.append(str(path))
     if existing and not overwrite:
-        shown = ", ".join(f"'{p}'" for p in existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+        shown = ", ".join(f"'{p}'" for p in existing[:5]) + (
+            f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+        )
         raise FileExistsError(f"output {shown} already exists; nothing was written. Pass --overwrite to replace it")
 
 
