@@ -1,7 +1,8 @@
 """Tests of the real-data preparation CLIs (tools/data/prepare_aaa.py, prepare_amos.py, prepare_cardiac.py).
 
 Fake data-set layouts are built in tmp_path from real NIfTI files: tiny synthetic arrays with real
-affines, and (when ../shared is present) the real files of ../shared/realdata.
+affines, and the real files of ../shared/realdata (the ``realdata`` fixture of conftest.py skips those
+tests with a message when ../shared is not beside the checkout).
 """
 
 from __future__ import annotations
@@ -23,11 +24,6 @@ from tools.data.prepare_cardiac import prepare_cardiac
 from tools.data.splits import patient_of, split_by_patient
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-REAL = SHARED / "realdata"
-needs_shared = pytest.mark.skipif(
-    not REAL.is_dir(), reason=f"real test data not found at {REAL} (../shared beside the checkout); skipping"
-)
 
 RAS = np.array([[0.8, 0, 0, -10.0], [0, 0.8, 0, 20.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]])
 LPS = np.array([[-0.7, 0, 0, 12.0], [0, -0.7, 0, 5.0], [0, 0, 3.0, 7.0], [0, 0, 0, 1]])
@@ -159,9 +155,8 @@ def test_prepare_aaa_split_by_patient_unlabeled_and_missing(tmp_path, capsys):
     assert "P08_a" in printed and "dropped" in printed and "unlabeled" in printed
 
 
-@needs_shared
-def test_prepare_aaa_dice_qc_drops_misregistered_real_aorta(tmp_path, capsys):
-    src = REAL / "ts_aorta_cta"
+def test_prepare_aaa_dice_qc_drops_misregistered_real_aorta(tmp_path, capsys, realdata):
+    src = realdata / "ts_aorta_cta"
     aorta_img = nib.load(str(src / "aorta.nii.gz"))
     aorta = np.asarray(aorta_img.dataobj)
     shifted = np.roll(aorta, 12, axis=0)
@@ -298,13 +293,12 @@ def test_prepare_amos_ct_only_split_and_test_from_va(tmp_path, capsys):
     assert "MRI cases skipped: 2" in capsys.readouterr().out
 
 
-@needs_shared
-def test_prepare_amos_remaps_real_totalsegmentator_map(tmp_path):
-    seg_src = REAL / "ts_abdomen_ncct" / "example_seg.nii.gz"
+def test_prepare_amos_remaps_real_totalsegmentator_map(tmp_path, realdata):
+    seg_src = realdata / "ts_abdomen_ncct" / "example_seg.nii.gz"
     root = tmp_path / "amos_ts"
     for part in ("imagesTr", "labelsTr"):
         (root / part).mkdir(parents=True)
-    os.symlink(REAL / "ts_abdomen_ncct" / "example_ct_sm.nii.gz", root / "imagesTr" / "amos_0001.nii.gz")
+    os.symlink(realdata / "ts_abdomen_ncct" / "example_ct_sm.nii.gz", root / "imagesTr" / "amos_0001.nii.gz")
     os.symlink(seg_src, root / "labelsTr" / "amos_0001.nii.gz")
     synthetic = np.zeros((12, 12, 6), np.uint8)
     synthetic.flat[:20] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 19, 21, 22, 52, 63, 10, 18, 64, 117]
@@ -334,9 +328,8 @@ def test_prepare_amos_remaps_real_totalsegmentator_map(tmp_path):
     assert np.asarray(nib.load(str(seg_src)).dataobj).max() > 15  # input untouched (still TotalSegmentator ids)
 
 
-@needs_shared
-def test_prepare_amos_keeps_real_amos_label_and_geometry(tmp_path):
-    src = REAL / "amos_label" / "amos_0013_label.nii.gz"
+def test_prepare_amos_keeps_real_amos_label_and_geometry(tmp_path, realdata):
+    src = realdata / "amos_label" / "amos_0013_label.nii.gz"
     src_img = nib.load(str(src))
     root = tmp_path / "amos_va"
     (root / "labelsVa").mkdir(parents=True)
