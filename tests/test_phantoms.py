@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from tools.data import phantoms
 from tools.data.phantoms import ABDOMEN_LABELS, HEART_LABELS, cli, ensure_phantoms, generate, make_case
@@ -31,6 +32,12 @@ def _tissue(case, name):
     return case["tissue"] == ids[name]
 
 
+def _core(mask, px=2):
+    """``mask`` eroded by ``px`` voxels in-plane (away from partial-volume edges), or ``mask`` if that empties it."""
+    core = ndimage.binary_erosion(mask, structure=np.ones((3, 3, 1), bool), iterations=px)
+    return core if core.any() else mask
+
+
 def _world_centroid(mask, affine):
     ijk = np.argwhere(mask).mean(axis=0)
     return affine[:3, :3] @ ijk + affine[:3, 3]
@@ -45,24 +52,25 @@ def aaa_cases():
 # ---------------------------------------------------------------------------------------------- aaa
 def test_aaa_hu_medians(aaa_cases):
     for c in aaa_cases:
+        T = lambda name: _core(_tissue(c, name))  # noqa: E731  (tissue core, away from partial volume)
         nc, ce = c["arrays"]["ncct"], c["arrays"]["cect"]
         assert nc.dtype == np.float32 and ce.dtype == np.float32
-        assert 40 <= _median(nc, _tissue(c, "lumen")) <= 50  # blood ~45
-        assert 30 <= _median(nc, _tissue(c, "thrombus")) <= 40  # thrombus ~35
-        assert _median(nc, _tissue(c, "thrombus")) < _median(nc, _tissue(c, "lumen"))  # weak real cue
+        assert 40 <= _median(nc, T("lumen")) <= 50  # blood ~45
+        assert 30 <= _median(nc, T("thrombus")) <= 40  # thrombus ~35
+        assert _median(nc, T("thrombus")) < _median(nc, T("lumen"))  # weak real cue
         calc = _tissue(c, "calcification")
         assert _median(nc, calc) > 400 and _median(ce, calc) > 400
-        lumen_cect = _median(ce, _tissue(c, "lumen"))
+        lumen_cect = _median(ce, T("lumen"))
         assert 250 <= lumen_cect <= 400 and abs(lumen_cect - c["info"]["lumen_cect_hu"]) < 10
-        assert abs(_median(ce, _tissue(c, "thrombus")) - _median(nc, _tissue(c, "thrombus"))) < 4  # unchanged
+        assert abs(_median(ce, T("thrombus")) - _median(nc, T("thrombus"))) < 4  # thrombus unchanged by contrast
         for img in (nc, ce):
-            assert -115 <= _median(img, _tissue(c, "fat")) <= -85
-            assert _median(img, _tissue(c, "gas")) < -800
-            assert 550 <= _median(img, _tissue(c, "cortical")) <= 850
-            assert 180 <= _median(img, _tissue(c, "cancellous")) <= 320
-        assert 40 <= _median(nc, _tissue(c, "muscle")) <= 60
+            assert -115 <= _median(img, T("fat")) <= -85
+            assert _median(img, T("gas")) < -800
+            assert 550 <= _median(img, T("cortical")) <= 850
+            assert 180 <= _median(img, T("cancellous")) <= 320
+        assert 40 <= _median(nc, T("muscle")) <= 60
         for organ, gain in (("kidney_cortex", 100), ("liver", 25), ("ivc", 60)):  # enhanced in CECT
-            assert _median(ce, _tissue(c, organ)) > _median(nc, _tissue(c, organ)) + gain, organ
+            assert _median(ce, T(organ)) > _median(nc, T(organ)) + gain, organ
         # noise: NCCT and CECT share the ideal image in fat, so their difference is noise only
         fat = _tissue(c, "visceral_fat")
         diff_sd = float(np.std((nc - ce)[fat]))
@@ -101,8 +109,8 @@ def test_abdomen_labels_and_hu():
     assert set(np.unique(lab)) == {0, *ABDOMEN_LABELS}  # every class somewhere, only AMOS ids
     for i, (lo, hi) in LABEL_HU_RANGE.items():
         assert lo <= _median(img, lab == i) <= hi, ABDOMEN_LABELS[i]
-    assert -115 <= _median(img, _tissue(c, "fat")) <= -85
-    assert 40 <= _median(img, _tissue(c, "muscle")) <= 70
+    assert -115 <= _median(img, _core(_tissue(c, "fat"))) <= -85
+    assert 40 <= _median(img, _core(_tissue(c, "muscle"))) <= 70
     # organs on their anatomical sides/heights (world RAS: +x = patient right, +z = superior)
     cen = {i: _world_centroid(lab == i, c["affine"]) for i in (1, 2, 3, 6, 9, 11, 12, 14)}
     body_x = _world_centroid(c["arrays"]["image"] > -500, c["affine"])[0]
@@ -144,7 +152,7 @@ def test_heart_small_grid():
         assert 280 <= _median(img, lab == i) <= 440
     assert abs(_median(img, lab == 2) - big["info"]["blood_hu"]) < 15
     assert 80 <= _median(img, lab == 5) <= 130  # myocardium ~100
-    assert -850 <= _median(img, _tissue(big, "lung")) <= -750
+    assert -850 <= _median(img, _core(_tissue(big, "lung"))) <= -750
     # myocardium wraps the LV: dilating the LV by one voxel in-plane mostly hits MYO
     lv = lab == 2
     ring = np.zeros_like(lv)
@@ -252,4 +260,8 @@ def test_cli_run_refuse_and_bad_argument(tmp_path, capsys):
     assert "anatomy must be one of aaa, abdomen, heart; got 'liver'" in capsys.readouterr().err
     assert cli(["--anatomy", "aaa", "--cases", "0", "--out", str(tmp_path / "x")]) == 2
     assert "cases must be an integer >= 1" in capsys.readouterr().err
+    assert cli(["--anatomy", "aaa", "--cases", "2", "--out", str(tmp_path / "x"), "--size", "16"]) == 2
+    assert "size must be an integer >= 32" in capsys.readouterr().err
+    assert cli(["--anatomy", "aaa", "--cases", "2", "--out", str(tmp_path / "x"), "--sise", "64"]) == 2
+    assert "unknown argument --sise" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

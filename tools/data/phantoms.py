@@ -34,6 +34,7 @@ CLI::
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -130,7 +131,10 @@ def render(tissue: np.ndarray, hu: np.ndarray, tex_amp: np.ndarray, texture: np.
     blurred once in-plane by a gaussian PSF (``psf_px`` voxels), the noise scaled so that its final
     standard deviation is ``noise_sigma`` HU (correlated, CT-like grain).
     """
-    img = hu[tissue] + tex_amp[tissue] * texture
+    img = np.empty(tissue.shape, np.float32, order="F")  # x fastest, as NIfTI stores voxels
+    np.take(tex_amp, tissue, out=img)
+    img *= texture
+    img += np.take(hu, tissue)
     img += rng.standard_normal(tissue.shape, dtype=np.float32) * np.float32(noise_sigma / _psf_noise_gain(psf_px))
     for axis in (0, 1):
         ndimage.gaussian_filter1d(img, psf_px, axis=axis, output=img, truncate=3.0)
@@ -291,8 +295,8 @@ def generate(anatomy: str, cases: int, out: str | Path, seed: int = 0, size: int
     jobs = [(anatomy, int(seed), i, cid, int(size), int(slices), str(orient[i]), cid not in unl, str(out))
             for i, cid in enumerate(case_ids)]
     workers = _workers(workers, cases)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as ex:
+    if workers > 1:  # spawn: safe even when the caller has torch / CUDA / threads initialised
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
             entries = list(ex.map(_write_case, jobs))
     else:
         entries = [_write_case(j) for j in jobs]
@@ -306,9 +310,12 @@ def generate(anatomy: str, cases: int, out: str | Path, seed: int = 0, size: int
 
 
 def _workers(workers: int | None, cases: int) -> int:
+    """Worker processes: ``workers`` or the environment variable ``PHANTOM_WORKERS`` (default 1)."""
     if workers is None:
         workers = int(os.environ.get("PHANTOM_WORKERS", "1"))
-    return max(1, min(int(workers), cases))
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1; got {workers!r}")
+    return min(int(workers), cases)
 
 
 def ensure_phantoms(anatomy: str, out: str | Path, cases: int = 20, seed: int = 0, size: int = 256, slices: int = 64,
@@ -343,7 +350,11 @@ def ensure_phantoms(anatomy: str, out: str | Path, cases: int = 20, seed: int = 
 # --------------------------------------------------------------------------------------------------
 def main(anatomy: str = "aaa", cases: int = 20, out: str | None = None, seed: int = 0, size: int = 256,
          slices: int = 64, unlabeled_fraction: float = 0.25, overwrite: bool = False, workers: int | None = None) -> str:
-    """Generate phantoms: ``python -m tools.data.phantoms --anatomy aaa --cases 20 --out DIR --seed 0``."""
+    """Generate phantoms: ``python -m tools.data.phantoms --anatomy aaa --cases 20 --out DIR --seed 0``.
+
+    ``--workers`` defaults to min(2, CPU count) processes; the files do not depend on it."""
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
     if not out:
         raise ValueError("out is required: pass --out DIR (the folder to write the cases and datalist.json into)")
     path = generate(anatomy, cases, out, seed=seed, size=size, slices=slices, unlabeled_fraction=unlabeled_fraction,
@@ -351,10 +362,26 @@ def main(anatomy: str = "aaa", cases: int = 20, out: str | None = None, seed: in
     return str(path)
 
 
+def _check_flags(argv: list[str]) -> None:
+    """Reject unknown ``--flags`` before anything runs (fire would apply them to main's result afterwards)."""
+    import inspect
+
+    known = set(inspect.signature(main).parameters) | {"help", "h", "no" + "overwrite"}
+    for tok in argv:
+        if tok.startswith("--") and len(tok) > 2:
+            name = tok[2:].split("=", 1)[0].replace("-", "_")
+            if name not in known:
+                raise ValueError(f"unknown argument --{name}; expected one of "
+                                 + ", ".join(f"--{k}" for k in inspect.signature(main).parameters))
+
+
 def cli(argv: list[str] | None = None) -> int:
+    """Console entry: run `main` with fire; bad arguments print ``error: ...`` and return 2."""
     import fire
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        _check_flags(argv)
         fire.Fire(main, command=argv)
     except (ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

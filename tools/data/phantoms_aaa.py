@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from tools.data.phantoms_shapes import Canvas, Deform, rotation
-from tools.data.phantoms_torso import TORSO, TissueSet, paint_bowel, paint_torso, uniform
+from tools.data.phantoms_torso import TORSO, TissueSet, paint_bowel, paint_colon, paint_mesentery, paint_torso, uniform
 
-TISSUES = TORSO + ["kidney_cortex", "kidney_medulla", "sinus_fat", "liver", "ivc", "aortic_wall", "thrombus", "lumen",
+TISSUES = TORSO + ["mesenteric_vessel", "kidney_cortex", "kidney_medulla", "sinus_fat", "liver", "ivc", "aortic_wall", "thrombus", "lumen",
                    "calcification"]
 AORTA_TISSUES = ("aortic_wall", "thrombus", "lumen", "calcification")
 
@@ -59,7 +59,9 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
         hil = rot @ np.array([-side * 0.55 * semi[0], 0.0, 0.0])
         c.ellipsoid(ts["sinus_fat"], (cx + hil[0], cy + hil[1], zc), (semi[0] * 0.45, semi[1] * 0.35, semi[2] * 0.5), rot,
                     only=[ts["kidney_cortex"], ts["kidney_medulla"]])
-    paint_bowel(c, ts, rng, tor, n=int(rng.integers(8, 15)), zspan=(zbot - 20, ztop + 20), vmin=-0.1)
+    paint_bowel(c, ts, rng, tor, n=int(rng.integers(22, 34)), zspan=(zbot - 20, ztop + 20), vmin=-0.25)
+    paint_colon(c, ts, rng, tor, z)
+    paint_mesentery(c, ts, rng, tor, z)
     # IVC right-anterior of the spine
     one = np.ones_like(z)
     c.tube(ts["ivc"], z, k * uniform(rng, 24, 32) * one, (tor.front + k * uniform(rng, 4, 10)) * one,
@@ -131,7 +133,7 @@ def _hu(ts: TissueSet, rng) -> TissueSet:
         "kidney_medulla": (uniform(rng, 25, 33), uniform(rng, 70, 100), 5), "sinus_fat": (fat + 10, fat + 10, 8),
         "liver": (uniform(rng, 52, 62), uniform(rng, 90, 120), 5), "ivc": (uniform(rng, 38, 46), uniform(rng, 110, 160), 3),
         "aortic_wall": (uniform(rng, 38, 46), uniform(rng, 60, 90), 3), "thrombus": (uniform(rng, 32, 38), None, 4),
-        "lumen": (uniform(rng, 42, 48), lumen_cect, 2), "calcification": (uniform(rng, 750, 1100), None, 120),
+        "lumen": (uniform(rng, 42, 48), lumen_cect, 2), "mesenteric_vessel": (42, lumen_cect * 0.6, 3), "calcification": (uniform(rng, 750, 1100), None, 120),
     }
     table["muscle"] = (table["muscle"][0], table["muscle"][0] + uniform(rng, 5, 12), 6)
     for name, (n, cc, tex) in table.items():
@@ -147,4 +149,4 @@ def masks(tissue: np.ndarray, ts: TissueSet) -> dict[str, np.ndarray]:
     """``aorta`` (outer wall: wall + thrombus + lumen + calcification) and ``lumen`` as uint8 masks."""
     ids = np.zeros(len(ts.names), np.uint8)
     ids[[ts[n] for n in AORTA_TISSUES]] = 1
-    return {"aorta": ids[tissue], "lumen": (tissue == ts["lumen"]).astype(np.uint8)}
+    return {"aorta": np.asfortranarray(ids[tissue]), "lumen": np.asfortranarray(tissue == ts["lumen"]).view(np.uint8)}

@@ -170,4 +170,4 @@ def masks(tissue: np.ndarray, ts: TissueSet) -> dict[str, np.ndarray]:
     lut = np.zeros(len(ts.names), np.uint8)
     for name, lab in ORGAN_TISSUES.items():
         lut[ts[name]] = lab
-    return {"label": lut[tissue]}
+    return {"label": np.asfortranarray(lut[tissue])}

@@ -15,7 +15,7 @@ from tools.data.phantoms_shapes import Canvas, Deform, rotation
 from tools.data.phantoms_torso import TORSO, Torso, TissueSet, paint_body, paint_spine, uniform
 
 HEART_TISSUES = {"la": 1, "lv": 2, "ra": 3, "rv": 4, "myo": 5, "ao": 6, "pa": 7, "laa": 8}
-TISSUES = TORSO + ["lung", "lung_vessel", "mediastinum", "epicardial_fat", "rv_wall", "atrial_wall", "esophagus"] + list(HEART_TISSUES)
+TISSUES = TORSO + ["lung", "lung_vessel", "liver", "mediastinum", "epicardial_fat", "rv_wall", "atrial_wall", "esophagus"] + list(HEART_TISSUES)
 
 
 def _unit(v) -> np.ndarray:
@@ -61,13 +61,18 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
         c.tube(ts["cortical"], z, rx * one, ry * one, np.where(on, 7.0, 0.0), 5.0 * one, angle=ang + np.pi / 2,
                only=[ts["lung"], ts["muscle"], ts["fat"]])
     # mediastinum (fat between the lungs), descending aorta, esophagus
-    c.tube(ts["mediastinum"], z, (H[0] + u(5, 15)) * one, (H[1] - 10) * one, u(65, 80) * one, u(70, 85) * one,
-           harmonics=[(2, 0.05, u(0, 6)), (3, 0.04, u(0, 6))], only=[ts["lung"]])
-    c.tube(ts["mediastinum"], z, bx * one, (tor.front + 20) * one, 35 * one, 25 * one, only=[ts["lung"]])
+    c.tube(ts["mediastinum"], z, (H[0] + u(0, 8)) * one, (H[1] + u(0, 8)) * one, u(50, 58) * one, u(52, 60) * one,
+           angle=u(-0.6, -0.3), harmonics=[(2, 0.05, u(0, 6)), (3, 0.04, u(0, 6))], only=[ts["lung"]])
+    c.tube(ts["mediastinum"], z, bx * one, (tor.front + 18) * one, 28 * one, 24 * one, only=[ts["lung"]])
     for _ in range(int(rng.integers(30, 50))):  # pulmonary vessels
         p = (bx + u(-0.85, 0.85) * A, by + u(-0.8, 0.8) * B, u(float(z.min()), float(z.max())))
         r = u(1.5, 4.5)
         c.ellipsoid(ts["lung_vessel"], p, (r, r, u(8, 25)), rotation(u(0, 3), u(-1, 1)), only=[ts["lung"]])
+    # diaphragm domes below the heart: liver on the right (+x), spleen/stomach side left
+    c.ellipsoid(ts["liver"], (H[0] + u(45, 60), H[1] - u(0, 15), H[2] - u(85, 100)), (u(95, 110), u(80, 95), u(60, 70)),
+                None, Deform.random(rng, 0.04), only=[ts["lung"], ts["mediastinum"]])
+    c.ellipsoid(ts["muscle"], (H[0] - u(50, 65), H[1] - u(10, 25), H[2] - u(95, 110)), (u(70, 80), u(70, 80), u(55, 65)),
+                None, Deform.random(rng, 0.04), only=[ts["lung"], ts["mediastinum"]])
     rd = u(10, 13)
     c.tube(ts["ao"], z, (bx - u(18, 26)) * one, (tor.front + rd + 2) * one, rd * one, rd * one)
     c.tube(ts["esophagus"], z, (bx - 2) * one, (tor.front + 8) * one, 7 * one, 5 * one, only=[ts["mediastinum"]])
@@ -100,17 +105,17 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
     # ascending aorta from the aortic root upwards, pulmonary trunk from the RV outflow to its bifurcation
     root = H + np.array([u(4, 10), u(0, 6), u(18, 24)]) * sc
     ra_ao = u(13, 16) * sc
-    c.ellipsoid(ts["ao"], root, (ra_ao * 1.15,) * 3, None, d(0.03))
+    c.ellipsoid(ts["ao"], root, (ra_ao * 1.15,) * 3, None, d(0.03), exclude=[ts["lv"]])  # root sits on the LV outflow
     above = z >= root[2]
     c.tube(ts["ao"], z, root[0] + 0.12 * (z - root[2]), root[1] + 0.1 * (z - root[2]), np.where(above, ra_ao, 0.0),
            ra_ao * one)
     p0 = H + np.array([u(-12, -4), u(26, 34), u(16, 24)]) * sc
     p1 = H + np.array([u(-22, -14), u(2, 10), u(48, 56)]) * sc
     rp = u(12, 15) * sc
-    for f in np.linspace(0, 1, 7):
+    for f in np.linspace(0, 1, 14):
         c.ellipsoid(ts["pa"], p0 + (p1 - p0) * f, (rp, rp, rp * 1.2), None, exclude=[ts["ao"]])
     for end, rr in ((p1 + np.array([48, -22, -4]) * sc, 0.75), (p1 + np.array([-32, -26, -4]) * sc, 0.75)):
-        for f in np.linspace(0, 1, 6):
+        for f in np.linspace(0, 1, 12):
             c.ellipsoid(ts["pa"], p1 + (end - p1) * f, (rp * rr,) * 3, None, exclude=[ts["ao"], ts["la"]])
     _hu(ts, rng)
     return {"tissues": ts, "phases": ("image",), "info": {"blood_hu": ts.blood}}
@@ -126,7 +131,7 @@ def _hu(ts: TissueSet, rng) -> None:
         "cancellous": (u(200, 280), 35), "disc": (u(70, 90), 6), "csf": (u(5, 15), 3), "bowel_wall": (40, 5),
         "bowel_fluid": (15, 4), "gas": (-900, 20), "stool": (-30, 40), "lung": (u(-840, -780), 25),
         "lung_vessel": (right * u(0.7, 0.9), 10), "mediastinum": (fat + u(0, 10), 8), "epicardial_fat": (fat + u(-5, 5), 6),
-        "rv_wall": (u(80, 110), 6), "atrial_wall": (u(80, 110), 6), "esophagus": (u(35, 50), 5),
+        "rv_wall": (u(80, 110), 6), "liver": (u(90, 120), 6), "atrial_wall": (u(80, 110), 6), "esophagus": (u(35, 50), 5),
         "la": (blood, 6), "lv": (blood, 6), "laa": (blood * u(0.9, 1.0), 8), "ao": (blood, 5), "ra": (right, 10),
         "rv": (right, 8), "pa": (right, 6), "myo": (u(90, 120), 6),
     }
@@ -141,4 +146,4 @@ def masks(tissue: np.ndarray, ts: TissueSet) -> dict[str, np.ndarray]:
     lut = np.zeros(len(ts.names), np.uint8)
     for name, lab in HEART_TISSUES.items():
         lut[ts[name]] = lab
-    return {"label": lut[tissue]}
+    return {"label": np.asfortranarray(lut[tissue])}

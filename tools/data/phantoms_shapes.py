@@ -107,6 +107,13 @@ class Deform:
         return eps
 
 
+def _table(ids) -> np.ndarray:
+    """Boolean lookup table over uint8 tissue ids (True for ``ids``)."""
+    tab = np.zeros(256, bool)
+    tab[np.asarray(ids, dtype=np.intp)] = True
+    return tab
+
+
 NO_DEFORM = Deform(np.zeros((0, 3)), np.zeros(0), np.zeros(0))
 
 
@@ -142,9 +149,9 @@ class Canvas:
         view = self.t[sl]
         m = np.broadcast_to(mask_fn(X, Y, Z), view.shape)
         if only is not None:
-            m = m & np.isin(view, np.asarray(only, dtype=np.uint8))
+            m = m & _table(only)[view]
         if exclude is not None:
-            m = m & ~np.isin(view, np.asarray(exclude, dtype=np.uint8))
+            m = m & ~_table(exclude)[view]
         view[m] = value
 
     # -- shapes ---------------------------------------------------------------------------------------

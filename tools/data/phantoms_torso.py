@@ -158,3 +158,25 @@ def paint_bowel(c: Canvas, ts: TissueSet, rng, tor: Torso, n: int, zspan: tuple[
         if content == ts["bowel_fluid"] and rng.random() < 0.5:  # small gas bubble floating anteriorly
             c.ellipsoid(ts["gas"], (cx, cy + 0.5 * inner[1], cz), (inner[0] * 0.5, inner[1] * 0.35, inner[2] * 0.5), rot,
                         only=[ts["bowel_fluid"]])
+
+
+def paint_colon(c: Canvas, ts: TissueSet, rng, tor: Torso, z: np.ndarray) -> None:
+    """Ascending (patient right, +x) and descending (left) colon in the flanks: wall with gas and stool."""
+    k, one = tor.k, np.ones_like(z)
+    for side in (1, -1):
+        cx = side * tor.A * uniform(rng, 0.55, 0.68) + 3 * k * np.sin(z / uniform(rng, 15, 30))
+        cy = tor.B * uniform(rng, -0.15, 0.15) + 4 * k * np.cos(z / uniform(rng, 15, 30))
+        r = k * uniform(rng, 14, 22) * (1 + 0.15 * np.sin(z / uniform(rng, 6, 10)))  # haustra
+        c.tube(ts["bowel_wall"], z, cx, cy, r, r * 0.85, only=[ts["visceral_fat"]])
+        c.tube(ts["stool"], z, cx, cy, r - 2.5 * k, r * 0.85 - 2.5 * k, only=[ts["bowel_wall"]])
+        c.tube(ts["gas"], z, cx, cy + r * 0.35, (r - 3 * k) * 0.8 * (rng.random() < 0.7) * one, r * 0.4,
+               only=[ts["stool"]])
+
+
+def paint_mesentery(c: Canvas, ts: TissueSet, rng, tor: Torso, z: np.ndarray, n: int = 14) -> None:
+    """Small mesenteric vessels (2-4 mm, enhancing) running obliquely through the visceral fat."""
+    for _ in range(n):
+        p = (uniform(rng, -0.4, 0.4) * tor.A, uniform(rng, -0.1, 0.6) * tor.B, uniform(rng, float(z.min()), float(z.max())))
+        r = max(uniform(rng, 1.2, 2.2), 0.6 * c.grid.spacing[0])
+        c.ellipsoid(ts["mesenteric_vessel"], p, (r, r, uniform(rng, 20, 60)), rotation(uniform(rng, 0, 3), uniform(rng, -0.6, 0.6)),
+                    only=[ts["visceral_fat"]])
