@@ -18,6 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -176,11 +177,18 @@ def test_dev_bundle_served(tmp_path):
 
 
 def test_project_bundles_served(tmp_path):
-    """The project's bundles listed in tools/monailabel_app/models.yml, with tiny weights."""
+    """The project's bundles listed in tools/monailabel_app/models.yml, with tiny weights, one server."""
     specs = ma.read_models()
-    missing = [n for n, s in specs.items() if not (ma.DEFAULT_BUNDLES_DIR / s["bundle"] / "configs" / "inference.json").is_file()]
-    if not specs or missing:
-        pytest.skip(f"models.yml lists no servable bundle yet (missing inference.json: {missing or 'no entries'})")
-    info = ma.make(app=str(tmp_path / "app"), studies=str(tmp_path / "studies"), weights="tiny")
+    ready, missing = [], {}
+    for name, spec in specs.items():
+        cfg = ma.DEFAULT_BUNDLES_DIR / spec["bundle"] / "configs"
+        absent = [f for f in ("inference.json", "metadata.json") if not (cfg / f).is_file()]
+        (missing.__setitem__(name, absent) if absent else ready.append(name))
+    if not ready:
+        pytest.skip(f"no bundle of models.yml is servable yet (missing: {missing})")
+    info = ma.make(app=str(tmp_path / "app"), studies=str(tmp_path / "studies"), models=",".join(ready),
+                   weights="tiny", size=32, slices=16)
     res = _serve_and_infer(tmp_path, info)
-    assert set(res) == set(specs)
+    assert set(res) == set(ready)
+    if missing:
+        warnings.warn(f"served {ready}; not servable yet: {missing}", stacklevel=1)

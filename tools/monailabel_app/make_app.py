@@ -111,6 +111,32 @@ def _merge(base: dict, delta: dict) -> dict:
     return out
 
 
+def _get(config: dict, key: str) -> Any:
+    node: Any = config
+    for p in str(key).split("#"):
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    return node
+
+
+def _edit_lists(config: dict, prepend: dict | None, drop_targets: list | None, name: str) -> dict:
+    """Prepend items to lists (``{"preprocessing#transforms": [...]}``) and drop list items whose
+    ``_target_`` ends with one of ``drop_targets`` (e.g. a bundle's own file writer, MONAI Label writes)."""
+    for key, items in (prepend or {}).items():
+        target = _get(config, key)
+        if not isinstance(target, list):
+            raise ValueError(f"model {name!r}: prepend target {key!r} is not a list in the bundle config")
+        target[:0] = list(items)
+    for key in ("preprocessing#transforms", "postprocessing#transforms"):
+        try:
+            items = _get(config, key)
+        except (KeyError, IndexError, TypeError):
+            continue
+        if isinstance(items, list) and drop_targets:
+            items[:] = [t for t in items if not (isinstance(t, dict) and
+                                                 str(t.get("_target_", "")).endswith(tuple(drop_targets)))]
+    return config
+
+
 def _read_config(path: Path) -> dict:
     with open(path) as f:
         return json.load(f) if path.suffix == ".json" else yaml.safe_load(f)
@@ -135,7 +161,7 @@ def build_model_folder(name: str, spec: dict, model_root: Path, bundles_dir: str
     config_names = spec.get("config", "inference.json")
     config_names = [config_names] if isinstance(config_names, str) else list(config_names)
     overrides = spec.get("overrides") or {}
-    if config_names != ["inference.json"] or overrides:
+    if config_names != ["inference.json"] or overrides or spec.get("prepend") or spec.get("drop_targets"):
         merged: dict = {}
         for c in config_names:
             src = bundle / "configs" / c
@@ -143,6 +169,7 @@ def build_model_folder(name: str, spec: dict, model_root: Path, bundles_dir: str
                 raise FileNotFoundError(f"model {name!r}: bundle config {src} does not exist")
             merged = _merge(merged, _read_config(src))
         merged = _merge(merged, overrides)
+        merged = _edit_lists(merged, spec.get("prepend"), spec.get("drop_targets"), name)
         (configs / "inference.json").unlink(missing_ok=True)
         (configs / "inference.json").write_text(json.dumps(merged, indent=2))
     data_format = spec.get("data_format", "network_data_format")
@@ -196,7 +223,8 @@ def make_studies(
 
     One phantom case per anatomy is generated (``tools.data.phantoms.generate``) and its input volume
     copied into ``studies`` as ``<case_id>_<key>.nii.gz`` (MONAI Label's image id is the file name
-    without extension).
+    without extension); ``study: {masks: {tag: key}}`` also copies masks to ``labels/<tag>/<id>.nii.gz``
+    (read by :class:`tools.monailabel_app.transforms.StudyMaskd`).
     """
     from tools.data.phantoms import generate
 
@@ -223,6 +251,11 @@ def make_studies(
             dst = studies / f"{image_id}.nii.gz"
             if not dst.exists():
                 shutil.copyfile(Path(entry["_root"]) / entry[key], dst)
+            for tag, mask_key in (study.get("masks") or {}).items():
+                mdst = studies / "labels" / tag / f"{image_id}.nii.gz"
+                mdst.parent.mkdir(parents=True, exist_ok=True)
+                if not mdst.exists():
+                    shutil.copyfile(Path(entry["_root"]) / entry[mask_key], mdst)
             ids[name] = image_id
     return ids
 

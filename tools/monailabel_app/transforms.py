@@ -1,0 +1,56 @@
+"""MONAI Label glue: give a bundle the extra per-study input it needs beside the image.
+
+MONAI Label's ``/infer/<model>?image=<id>`` hands a bundle only ``data["image"]`` (the study's path).
+AortaDiff also needs the study's aorta mask. `StudyMaskd` puts that mask's path under a key (e.g.
+``aorta``) before the bundle's own ``LoadImaged`` runs:
+
+1. a label file uploaded with the request (``/infer`` form field ``label`` -> ``data["label"]``), else
+2. the datastore's label of that study with tag ``tag``: ``<studies>/labels/<tag>/<image file name>``
+   (MONAI Label's local datastore layout for tagged labels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+from monai.transforms import Transform
+
+
+class StudyMaskd(Transform):
+    """Set ``data[key]`` to the path of the study's mask (uploaded label, else ``labels/<tag>/<name>``).
+
+    Args:
+        key: key the bundle's preprocessing loads the mask from (e.g. ``"aorta"``).
+        image_key: key holding the study path (MONAI Label: ``"image"``; ``"image_path"`` is also read).
+        tag: datastore label tag folder under ``<studies>/labels/``.
+        request_key: key of an uploaded label file in the request.
+
+    Raises:
+        FileNotFoundError: no uploaded label and no ``labels/<tag>/<image name>`` next to the study.
+    """
+
+    def __init__(self, key: str = "aorta", image_key: str = "image", tag: str = "aorta",
+                 request_key: str = "label") -> None:
+        self.key, self.image_key, self.tag, self.request_key = key, image_key, tag, request_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        if isinstance(d.get(self.key), str) and d[self.key]:
+            return d
+        uploaded = d.get(self.request_key)
+        if isinstance(uploaded, str) and uploaded and Path(uploaded).is_file():
+            d[self.key] = uploaded
+            return d
+        image = d.get("image_path") if isinstance(d.get("image_path"), str) else d.get(self.image_key)
+        if not isinstance(image, str):
+            raise ValueError(f"StudyMaskd: data[{self.image_key!r}] must be the study's file path, got {type(image)}")
+        candidate = Path(image).parent / "labels" / self.tag / Path(image).name
+        if not candidate.is_file():
+            raise FileNotFoundError(
+                f"no {self.tag} mask for study {image}: upload it as the 'label' file of the /infer request or put it "
+                f"at {candidate}"
+            )
+        d[self.key] = str(candidate)
+        return d
