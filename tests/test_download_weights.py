@@ -210,10 +210,12 @@ def test_feature_weights_go_to_torch_hub_checkpoints(tmp_path, payload, monkeypa
 
 def test_feature_yml_matches_torchvision_urls():
     """The files listed are exactly the ones torchvision (and so lpips/PerceptualLoss) load."""
-    from torchvision.models import AlexNet_Weights, Inception_V3_Weights, SqueezeNet1_1_Weights, VGG16_Weights
+    from torchvision.models import (
+        AlexNet_Weights, Inception_V3_Weights, ResNet50_Weights, SqueezeNet1_1_Weights, VGG16_Weights,
+    )
 
     entries = {e["path"]: e for e in yaml.safe_load((REPO / "tools" / "feature_weights.yml").read_text())["feature_files"]}
-    for w in (SqueezeNet1_1_Weights, AlexNet_Weights, VGG16_Weights, Inception_V3_Weights):
+    for w in (SqueezeNet1_1_Weights, AlexNet_Weights, VGG16_Weights, Inception_V3_Weights, ResNet50_Weights):
         url = w.IMAGENET1K_V1.url
         e = entries[url.rsplit("/", 1)[1]]
         assert e["url"] == url and url.rsplit("-", 1)[1].startswith(e["hash_prefix"])
