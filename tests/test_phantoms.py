@@ -265,3 +265,16 @@ def test_cli_run_refuse_and_bad_argument(tmp_path, capsys):
     assert cli(["--anatomy", "aaa", "--cases", "2", "--out", str(tmp_path / "x"), "--sise", "64"]) == 2
     assert "unknown argument --sise" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_ensure_phantoms_concurrent_callers(tmp_path):
+    """Two callers sharing one cache folder: one generates, the other waits and reuses it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = tmp_path / "shared_cache"
+    with ThreadPoolExecutor(2) as ex:
+        paths = list(ex.map(lambda _: ensure_phantoms("heart", out, cases=3, seed=0, size=32, slices=8), range(2)))
+    assert paths[0] == paths[1]
+    data = json.loads(Path(paths[0]).read_text())
+    assert sorted(e["case_id"] for v in data.values() for e in v) == ["heart_000", "heart_001", "heart_002"]
+    assert json.loads((out / "phantom_params.json").read_text())["complete"] is True

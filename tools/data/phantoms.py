@@ -33,6 +33,7 @@ CLI::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -332,6 +333,28 @@ def ensure_phantoms(anatomy: str, out: str | Path, cases: int = 20, seed: int = 
     out = Path(out).expanduser()
     frac = kw.get("unlabeled_fraction", 0.25)
     _check_args(anatomy, cases, size, slices, frac)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(out.parent / f".{out.name}.lock"):  # two runs sharing a cache folder wait for each other
+        return _ensure(anatomy, out, cases, seed, size, slices, frac, **kw)
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """Exclusive advisory file lock (POSIX ``flock``; no-op where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _ensure(anatomy: str, out: Path, cases: int, seed: int, size: int, slices: int, frac: float, **kw: Any) -> str:
     want = _params(anatomy, cases, seed, size, slices, frac)
     old = _read_params(out) if out.is_dir() else None
     if old is not None:
