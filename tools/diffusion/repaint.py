@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 from tqdm.auto import tqdm
 
@@ -172,6 +173,8 @@ class _AortaFusionSampler(Inferer):
                  **kwargs: Any) -> torch.Tensor:
         if inputs.ndim not in (4, 5) or inputs.shape[1] != 2:
             raise ValueError(f"inputs must be (B, 2, H, W[, D]) = [NCCT in [-1,1], ROI], got {tuple(inputs.shape)}")
+        if isinstance(inputs, MetaTensor):  # plain tensors inside the sampler: slicing a batch keeps no metadata
+            inputs = inputs.as_tensor()
         inputs = torch.as_tensor(inputs).float()
         if inputs.ndim == 5:  # volume: batch of axial slices with ROI
             b, c, h, w, d = inputs.shape

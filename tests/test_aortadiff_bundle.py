@@ -1,0 +1,131 @@
+"""AortaDiff bundle end to end through ``monai.bundle`` (tiny phantoms, tiny net, 2 iterations, CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import run as bundle_run
+
+from tools.engines.aortadiff_inputs import check_aorta_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "aortadiff_cect" / "configs"
+SHARED = REPO.parent / "shared"
+TINY = {
+    "phantom_cases": 4, "phantom_size": 32, "phantom_slices": 8, "image_size": 32, "roi_margin": 2,
+    "network_channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1, "num_head_channels": 8,
+    "norm_num_groups": 8, "use_flash_attention": False, "amp": False, "device": "$torch.device('cpu')",
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train 2 iterations (validation once) with a random-backbone LPIPS; returns the folders used."""
+    root = tmp_path_factory.mktemp("aortadiff")
+    paths = {"dataset_dir": str(root / "phantoms"), "ckpt_dir": str(root / "models"), "output_dir": str(root / "runs")}
+    bundle_run("training", config_file=[str(CONFIGS / "train.json")], logging_file=str(CONFIGS / "logging.conf"),
+               **TINY, **paths, iterations=2, val_interval=2, batch_size=4, num_workers=0,
+               lpips_pretrained_backbone=False, val_inference_steps=2, val_slices_per_case=2, val_batch_size=2)
+    return root, paths
+
+
+def _infer(paths: dict, out: Path, **kw) -> None:
+    bundle_run("inference", config_file=[str(CONFIGS / "inference.json")], logging_file=str(CONFIGS / "logging.conf"),
+               **TINY, dataset_dir=paths["dataset_dir"], ckpt_dir=paths["ckpt_dir"], output_dir=str(out),
+               sampler="ddim", num_inference_steps=2, progress=False, **kw)
+
+
+def test_training_writes_checkpoint_with_model_key(trained):
+    root, paths = trained
+    ckpt = torch.load(Path(paths["ckpt_dir"]) / "model.pt", map_location="cpu", weights_only=True)
+    assert {"model", "model_online", "optimizer", "loss_weighting"} <= set(ckpt)
+    assert any(k.startswith("mask_head.") for k in ckpt["model"]) and any(k.startswith("image_head.") for k in ckpt["model"])
+    # the EMA weights ("model") differ from the online weights after training steps
+    diff = sum(float((ckpt["model"][k].float() - ckpt["model_online"][k].float()).abs().sum()) for k in ckpt["model"])
+    assert diff > 0
+    assert "log_vars" in ckpt["loss_weighting"]  # learnable Kendall s1, s2 are saved
+    assert list(Path(paths["output_dir"]).glob("events.out.tfevents*"))  # TensorBoard
+    with pytest.raises(Exception) as info:  # never overwrite unless asked
+        bundle_run("training", config_file=[str(CONFIGS / "train.json")], logging_file=str(CONFIGS / "logging.conf"),
+                   **TINY, **paths, iterations=1, val_interval=1, lpips_pretrained_backbone=False)
+    chain, err = [], info.value
+    while err is not None:
+        chain.append(err)
+        err = err.__cause__
+    assert any(isinstance(e, FileExistsError) and "model.pt" in str(e) for e in chain)
+
+
+def test_inference_and_evaluate_keep_geometry(trained):
+    root, paths = trained
+    datalist = json.loads((Path(paths["dataset_dir"]) / "datalist.json").read_text())
+    case = datalist["test"][0]
+    ref = nib.load(str(Path(paths["dataset_dir"]) / case["ncct"]))
+    out = root / "infer"
+    _infer(paths, out, num_samples=2)
+    cdir = out / Path(case["case_id"]).name
+    for name in ("synthetic_cect", "lumen", "thrombus", "label", "std_hu"):
+        img = nib.load(str(cdir / f"{name}.nii.gz"))
+        assert img.shape == ref.shape and np.array_equal(img.affine, ref.affine), name
+    aorta = np.asarray(nib.load(str(Path(paths["dataset_dir"]) / case["aorta"])).dataobj) > 0
+    label = np.asarray(nib.load(str(cdir / "label.nii.gz")).dataobj)
+    assert np.array_equal(label > 0, aorta) and set(np.unique(label)) <= {0, 1, 2}
+    assert (cdir / "preview.png").stat().st_size > 1000
+    assert json.loads((cdir / "uncertainty.json").read_text())["uncertainty_score"] >= 0
+
+    ev = root / "eval"
+    bundle_run("evaluate", config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")],
+               logging_file=str(CONFIGS / "logging.conf"), **TINY, dataset_dir=paths["dataset_dir"],
+               ckpt_dir=paths["ckpt_dir"], output_dir=str(ev), sampler="ddim", num_inference_steps=2,
+               num_samples=2, progress=False, uncertainty_threshold=0.0)
+    for f in ("metrics_per_slice.csv", "metrics_per_case.csv", "metrics_summary.json", "bland_altman_diameters.png",
+              "dice_boxplot.png"):
+        assert (ev / f).is_file(), f
+    rows = list(csv.DictReader(open(ev / "metrics_per_slice.csv")))
+    assert rows and {"psnr", "ssim_roi", "dice_lumen", "diam_max_abs_err_mm", "thrombus_area_err_pct"} <= set(rows[0])
+    summary = json.loads((ev / "metrics_summary.json").read_text())
+    assert summary["n_cases"] == len(datalist["test"]) and summary["mean"]["psnr"] > 0
+    assert "skipped" in summary["lpips"] or summary["lpips"] == "computed"
+    assert summary["uncertainty"]["flagged_cases"] == [Path(case["case_id"]).name]  # threshold 0 flags every case
+
+
+def test_inference_on_real_lps_cta(trained, tmp_path):
+    real = SHARED / "realdata" / "ts_aorta_cta"
+    if not real.is_dir():
+        pytest.skip(f"real CTA not found at {real} (expected ../shared/realdata beside the checkout)")
+    root, paths = trained
+    _infer(paths, tmp_path, input_ncct=str(real / "ct_cropped.nii.gz"), input_aorta=str(real / "aorta.nii.gz"),
+           slice_batch_size=64, preview=False)
+    ref = nib.load(str(real / "ct_cropped.nii.gz"))
+    aorta = np.asarray(nib.load(str(real / "aorta.nii.gz")).dataobj) > 0
+    for name in ("synthetic_cect", "lumen", "thrombus", "label"):
+        img = nib.load(str(tmp_path / "ct_cropped" / f"{name}.nii.gz"))
+        assert img.shape == ref.shape and np.array_equal(img.affine, ref.affine)
+        assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
+    label = np.asarray(nib.load(str(tmp_path / "ct_cropped" / "label.nii.gz")).dataobj)
+    assert np.array_equal(label > 0, aorta)  # orientation round trip: masks land exactly on the input's aorta
+    syn = np.asarray(nib.load(str(tmp_path / "ct_cropped" / "synthetic_cect.nii.gz")).dataobj)
+    ncct = np.asarray(ref.dataobj).astype(np.float32)
+    no_aorta = ~aorta.any((0, 1))
+    np.testing.assert_array_equal(syn[..., no_aorta], ncct[..., no_aorta])  # slices without aorta: the NCCT itself
+    assert (syn == ncct).mean() > 0.9  # outside the aorta ROI the fusion keeps the NCCT HU exactly
+
+
+def test_input_errors_name_the_file(tmp_path):
+    aff = np.diag([0.8, 0.8, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), aff), str(tmp_path / "ncct.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), aff), str(tmp_path / "empty.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 5), np.uint8), aff), str(tmp_path / "other.nii.gz"))
+    with pytest.raises(FileNotFoundError, match="missing.nii.gz"):
+        check_aorta_inputs(tmp_path / "ncct.nii.gz", tmp_path / "missing.nii.gz")
+    with pytest.raises(FileNotFoundError, match="no aorta mask"):
+        check_aorta_inputs(tmp_path / "ncct.nii.gz", None)
+    with pytest.raises(ValueError, match="other.nii.gz.*not on the grid"):
+        check_aorta_inputs(tmp_path / "ncct.nii.gz", tmp_path / "other.nii.gz")
+    with pytest.raises(ValueError, match="empty.nii.gz.*empty"):
+        check_aorta_inputs(tmp_path / "ncct.nii.gz", tmp_path / "empty.nii.gz")

@@ -1,0 +1,70 @@
+"""Decode the aorta inferers' 3-channel output into AortaDiff's products (a MONAI dictionary transform).
+
+Input ``pred``: (3, H, W[, D]) = synthetic CECT in [-1, 1], lumen SDF, per-pixel image std (window units)
+(see :mod:`tools.diffusion.repaint`). Outputs (same grid, channel first):
+
+- ``synthetic_cect``: HU; inside the ROI the generated image mapped back from the window, outside it the
+  input NCCT in HU (``ncct_key``) exactly, i.e. ``x0 * roi + ncct * (1 - roi)`` in HU.
+- ``lumen``: ``(sdf < 0) & aorta``; ``thrombus``: ``aorta & ~lumen`` (uint8).
+- ``pred``: label map 0 background, 1 lumen, 2 thrombus (what MONAI Label shows).
+- ``std_hu``: image standard deviation in HU (0 for one sample); ``uncertainty_score``: its mean inside
+  the aorta (HU), the per-case uncertainty score; ``image_unit``: the fused image in [-1, 1] (for metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import torch
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from tools.data.transforms import unit_to_hu
+
+LABEL_NAMES = {0: "background", 1: "lumen", 2: "thrombus"}
+
+
+def _like(ref: torch.Tensor, arr: torch.Tensor) -> torch.Tensor:
+    if isinstance(ref, MetaTensor):
+        return MetaTensor(arr, affine=ref.affine, meta=dict(ref.meta), applied_operations=list(ref.applied_operations))
+    return arr
+
+
+class DecodeAortaDiffd(MapTransform):
+    """Split ``pred_key`` into synthetic CECT (HU), lumen, thrombus, label map and std map.
+
+    Args:
+        a_min, a_max: the HU window the model works in ([-1, 1] <-> [a_min, a_max]).
+        ncct_key: the input NCCT in HU (before windowing); aorta_key, roi_key: masks.
+        prefix: prepended to the output names (e.g. "pred_" in validation, where ``lumen`` is the ground truth).
+    """
+
+    def __init__(self, pred_key: str = "pred", aorta_key: str = "aorta", roi_key: str = "roi",
+                 ncct_key: str = "ncct_hu", a_min: float = -200.0, a_max: float = 600.0, prefix: str = "") -> None:
+        super().__init__([pred_key])
+        self.prefix = prefix
+        self.pred_key, self.aorta_key, self.roi_key, self.ncct_key = pred_key, aorta_key, roi_key, ncct_key
+        self.a_min, self.a_max = float(a_min), float(a_max)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        pred = d[self.pred_key]
+        p = torch.as_tensor(pred).float()
+        aorta = torch.as_tensor(d[self.aorta_key]).to(p.device) > 0
+        roi = torch.as_tensor(d[self.roi_key]).to(p.device) > 0.5
+        ref = d[self.ncct_key] if self.ncct_key in d else d[self.aorta_key]
+        hu = unit_to_hu((p[:1] + 1.0) / 2.0, self.a_min, self.a_max)
+        if self.ncct_key in d:
+            hu = torch.where(roi, hu, torch.as_tensor(d[self.ncct_key]).to(p.device).float())
+        lumen = (p[1:2] < 0) & aorta
+        thrombus = aorta & ~lumen
+        label = lumen.to(torch.uint8) + 2 * thrombus.to(torch.uint8)
+        std_hu = p[2:3] * (self.a_max - self.a_min) / 2.0
+        d[self.prefix + "synthetic_cect"] = _like(ref, hu)
+        d[self.prefix + "lumen"] = _like(ref, lumen.to(torch.uint8))
+        d[self.prefix + "thrombus"] = _like(ref, thrombus.to(torch.uint8))
+        d[self.prefix + "std_hu"] = _like(ref, std_hu)
+        d[self.prefix + "image_unit"] = _like(ref, p[:1].clone())
+        d[self.pred_key] = _like(ref, label)
+        d[self.prefix + "uncertainty_score"] = float(std_hu[aorta].mean()) if aorta.any() else float(std_hu.mean())
+        return d

@@ -1,0 +1,204 @@
+"""AortaDiff evaluation over a datalist split: reads inference outputs, writes metrics tables, summary and plots.
+
+Per axial slice with aorta (and per case), comparing ``output/<case_id>/`` (from the inference pipeline) with
+the datalist's ``cect``, ``aorta`` and (when present) ``lumen``:
+
+- PSNR and SSIM (MONAI ``PSNRMetric`` / ``SSIMMetric``) on the HU window ``[a_min, a_max]`` mapped to [0, 1],
+  whole slice and inside the aorta ROI (aorta dilated by ``roi_margin`` pixels; :mod:`tools.metrics.roi_image_quality`);
+- LPIPS inside the ROI when the torchvision backbone weights are present (else skipped, reason logged);
+- Dice of lumen and of thrombus (thrombus = aorta - lumen), per slice and per case (3D);
+- lumen max (Feret) and minor-axis diameters in mm, diameter MAE, thrombus area error in %
+  (:mod:`tools.metrics.aorta_clinical`);
+- with ``uncertainty.json`` from inference (``num_samples`` > 1): Spearman correlation between the per-case
+  uncertainty score and the case's lumen Dice error (1 - Dice) and diameter MAE; cases whose score exceeds
+  ``uncertainty_threshold`` are flagged.
+
+Files in ``output_dir``: ``metrics_per_slice.csv``, ``metrics_per_case.csv``, ``metrics_summary.json``,
+``bland_altman_diameters.png``, ``dice_boxplot.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.metrics import PSNRMetric, SSIMMetric
+
+from tools.data.datalist import load_datalist
+from tools.data.transforms import AortaROId, hu_to_unit
+from tools.engines.aortadiff_plots import bland_altman_png, dice_boxplot_png
+from tools.engines.aortadiff_writer import FILE_NAMES
+from tools.losses.lpips_loss import build_lpips_or_none
+from tools.metrics.aorta_clinical import area_mm2, lumen_diameters_mm, thrombus_area_error_percent
+from tools.metrics.roi_image_quality import roi_psnr, roi_ssim
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("metrics_per_slice.csv", "metrics_per_case.csv", "metrics_summary.json",
+                "bland_altman_diameters.png", "dice_boxplot.png")
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """2|A and B| / (|A| + |B|); NaN when both are empty."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    s = a.sum() + b.sum()
+    return float(2.0 * np.logical_and(a, b).sum() / s) if s else float("nan")
+
+
+def _nanmean(values: list[float]) -> float:
+    v = np.asarray([x for x in values if x is not None], float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def _load(path: Path, what: str) -> tuple[np.ndarray, nib.Nifti1Image]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} '{path}' does not exist (run inference first: python -m monai.bundle run "
+                                "evaluate --config_file \"['.../inference.json','.../evaluate.json']\")")
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj), img
+
+
+class AortaDiffEvaluation:
+    """Compute and save the AortaDiff evaluation (see module docstring). ``run()`` returns the summary dict."""
+
+    def __init__(self, datalist: str, prediction_dir: str, output_dir: str, split: str = "test",
+                 a_min: float = -200.0, a_max: float = 600.0, roi_margin: int = 5, lpips_net: str = "squeeze",
+                 lpips_pretrained_backbone: bool = True, uncertainty_threshold: float | None = 20.0,
+                 overwrite: bool = False) -> None:
+        self.datalist, self.split = datalist, split
+        self.prediction_dir, self.output_dir = Path(prediction_dir), Path(output_dir)
+        self.a_min, self.a_max = float(a_min), float(a_max)
+        self.roi_margin = int(roi_margin)
+        self.lpips_net, self.lpips_pretrained = lpips_net, bool(lpips_pretrained_backbone)
+        self.threshold = uncertainty_threshold
+        self.overwrite = overwrite
+
+    # ------------------------------------------------------------------ one case
+    def _case(self, entry: dict, lpips: Any) -> tuple[list[dict], dict]:
+        cid = Path(str(entry["case_id"])).name
+        pdir = self.prediction_dir / cid
+        cect, ref = _load(Path(entry["cect"]), "reference CECT")
+        aorta = _load(Path(entry["aorta"]), "aorta mask")[0] > 0
+        lumen_gt = _load(Path(entry["lumen"]), "lumen mask")[0] > 0 if entry.get("lumen") else None
+        syn = _load(pdir / FILE_NAMES["synthetic_cect"], "synthetic CECT")[0].astype(np.float32)
+        lumen_p = _load(pdir / FILE_NAMES["lumen"], "predicted lumen")[0] > 0
+        thr_p = _load(pdir / FILE_NAMES["thrombus"], "predicted thrombus")[0] > 0
+        if syn.shape != cect.shape or aorta.shape != cect.shape:
+            raise ValueError(f"case {cid}: prediction shape {syn.shape} differs from reference '{entry['cect']}' "
+                             f"{cect.shape} / aorta {aorta.shape}")
+        spacing = tuple(float(s) for s in ref.header.get_zooms()[:2])
+        roi = AortaROId("a", margin=self.roi_margin)({"a": aorta[None].astype(np.float32)})["roi"][0] > 0
+        ks = np.nonzero(aorta.any((0, 1)))[0]
+        unc_file = pdir / "uncertainty.json"
+        score = json.loads(unc_file.read_text())["uncertainty_score"] if unc_file.is_file() else None
+
+        def stack(vol: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(np.moveaxis(vol[..., ks], -1, 0)[:, None])).float()
+
+        p_w = stack(hu_to_unit(syn, self.a_min, self.a_max))
+        g_w = stack(hu_to_unit(cect.astype(np.float32), self.a_min, self.a_max))
+        r_t = stack(roi.astype(np.float32))
+        psnr = PSNRMetric(max_val=1.0, reduction="none")(p_w, g_w).flatten().tolist()
+        ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")(p_w, g_w).flatten().tolist()
+        rpsnr = roi_psnr(p_w, g_w, r_t, 1.0).tolist()
+        rssim = roi_ssim(p_w, g_w, r_t, 1.0).tolist()
+        lp = lpips(p_w * 2 - 1, g_w * 2 - 1, r_t).tolist() if lpips is not None else [float("nan")] * len(ks)
+        thr_gt = aorta & ~lumen_gt if lumen_gt is not None else None
+        rows = []
+        for i, k in enumerate(ks):
+            row = {"case_id": cid, "slice": int(k), "psnr": psnr[i], "ssim": ssim[i], "psnr_roi": rpsnr[i],
+                   "ssim_roi": rssim[i], "lpips_roi": lp[i]}
+            if lumen_gt is not None:
+                dp, dg = lumen_diameters_mm(lumen_p[..., k], spacing), lumen_diameters_mm(lumen_gt[..., k], spacing)
+                row.update(dice_lumen=dice(lumen_p[..., k], lumen_gt[..., k]),
+                           dice_thrombus=dice(thr_p[..., k], thr_gt[..., k]),
+                           diam_max_pred_mm=dp[0], diam_max_ref_mm=dg[0], diam_minor_pred_mm=dp[1],
+                           diam_minor_ref_mm=dg[1],
+                           diam_max_abs_err_mm=abs(dp[0] - dg[0]) if lumen_gt[..., k].any() else float("nan"),
+                           diam_minor_abs_err_mm=abs(dp[1] - dg[1]) if lumen_gt[..., k].any() else float("nan"),
+                           thrombus_area_pred_mm2=area_mm2(thr_p[..., k], spacing),
+                           thrombus_area_ref_mm2=area_mm2(thr_gt[..., k], spacing),
+                           thrombus_area_err_pct=thrombus_area_error_percent(thr_p[..., k], thr_gt[..., k], spacing))
+            rows.append(row)
+        case = {"case_id": cid, "labeled": lumen_gt is not None, "n_slices": len(ks),
+                **{m: _nanmean([r[m] for r in rows]) for m in ("psnr", "ssim", "psnr_roi", "ssim_roi", "lpips_roi")},
+                "uncertainty_score": score}
+        if lumen_gt is not None:
+            case.update(dice_lumen=dice(lumen_p, lumen_gt), dice_thrombus=dice(thr_p, thr_gt),
+                        diam_max_mae_mm=_nanmean([r["diam_max_abs_err_mm"] for r in rows]),
+                        diam_minor_mae_mm=_nanmean([r["diam_minor_abs_err_mm"] for r in rows]),
+                        thrombus_area_err_pct=_nanmean([r["thrombus_area_err_pct"] for r in rows]))
+        return rows, case
+
+    # ------------------------------------------------------------------ all cases
+    def run(self) -> dict:
+        targets = [self.output_dir / f for f in OUTPUT_FILES]
+        if not self.overwrite:
+            for t in targets:
+                if t.exists():
+                    raise FileExistsError(f"output '{t}' already exists; pass --overwrite True to replace it")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        entries = load_datalist(self.datalist, self.split, required_keys=("ncct", "cect", "aorta"))
+        lpips = build_lpips_or_none(self.lpips_net, self.lpips_pretrained)
+        lpips_status = "computed" if lpips is not None else "skipped: torchvision backbone weights not found " \
+            "(run `python tools/download_weights.py`)"
+        slices, cases = [], []
+        for e in entries:
+            rows, case = self._case(e, lpips)
+            slices += rows
+            cases.append(case)
+        self._write_csv(self.output_dir / "metrics_per_slice.csv", slices)
+        self._write_csv(self.output_dir / "metrics_per_case.csv", cases)
+        summary = self._summary(cases, lpips_status)
+        (self.output_dir / "metrics_summary.json").write_text(json.dumps(summary, indent=1))
+        bland_altman_png([r.get("diam_max_pred_mm", np.nan) for r in slices if r.get("diam_max_ref_mm", 0) > 0],
+                         [r.get("diam_max_ref_mm", np.nan) for r in slices if r.get("diam_max_ref_mm", 0) > 0],
+                         self.output_dir / "bland_altman_diameters.png")
+        dice_boxplot_png({"lumen": [r.get("dice_lumen", np.nan) for r in slices],
+                          "thrombus": [r.get("dice_thrombus", np.nan) for r in slices]},
+                         self.output_dir / "dice_boxplot.png")
+        logger.info("AortaDiff evaluation of %d cases written to %s: %s", len(cases), self.output_dir,
+                    {k: v for k, v in summary["mean"].items()})
+        return summary
+
+    def _summary(self, cases: list[dict], lpips_status: str) -> dict:
+        keys = ("psnr", "ssim", "psnr_roi", "ssim_roi", "lpips_roi", "dice_lumen", "dice_thrombus",
+                "diam_max_mae_mm", "diam_minor_mae_mm", "thrombus_area_err_pct")
+        mean = {k: _nanmean([c.get(k) for c in cases]) for k in keys}
+        scored = [c for c in cases if c.get("uncertainty_score") is not None and c.get("labeled")]
+        unc: dict[str, Any] = {"threshold": self.threshold, "n_cases_with_score": len(scored)}
+        if len(scored) >= 3:
+            from scipy.stats import spearmanr
+
+            s = [c["uncertainty_score"] for c in scored]
+            for name, vals in (("dice_lumen_error", [1 - c["dice_lumen"] for c in scored]),
+                               ("diam_max_mae_mm", [c["diam_max_mae_mm"] for c in scored])):
+                res = spearmanr(s, vals, nan_policy="omit")
+                unc[f"spearman_{name}"] = {"rho": float(res.statistic), "p": float(res.pvalue)}
+        else:
+            unc["spearman"] = ("not computed: needs >= 3 labeled cases with uncertainty.json "
+                               "(run inference with --num_samples > 1)")
+        if self.threshold is not None:
+            unc["flagged_cases"] = [c["case_id"] for c in cases if c.get("uncertainty_score") is not None
+                                    and c["uncertainty_score"] > float(self.threshold)]
+        return {"split": self.split, "n_cases": len(cases), "window_hu": [self.a_min, self.a_max],
+                "lpips": lpips_status, "mean": {k: (None if math.isnan(v) else v) for k, v in mean.items()},
+                "uncertainty": unc}
+
+    @staticmethod
+    def _write_csv(path: Path, rows: list[dict]) -> None:
+        cols: list[str] = []
+        for r in rows:
+            cols += [k for k in r if k not in cols]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)

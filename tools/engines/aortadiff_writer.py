@@ -1,0 +1,132 @@
+"""Write AortaDiff's inference products next to each other, on the input's exact grid.
+
+Per case, in ``output_dir/<case_id>/``: ``synthetic_cect.nii.gz`` (HU, float32), ``lumen.nii.gz``,
+``thrombus.nii.gz``, ``label.nii.gz`` (0 background, 1 lumen, 2 thrombus; uint8), ``preview.png``
+(NCCT | synthetic CECT | masks of a few slices), and with ``num_samples > 1`` ``std_hu.nii.gz`` (per-voxel
+standard deviation of the samples, HU) and ``uncertainty.json`` (``uncertainty_score`` = mean std in HU
+inside the aorta). Every NIfTI gets the affine (and s/qform codes) of the input NCCT file; shapes are
+checked against it. Existing files are never replaced unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+from monai.utils import convert_to_numpy
+
+OUTPUTS = {"synthetic_cect": np.float32, "lumen": np.uint8, "thrombus": np.uint8, "pred": np.uint8, "std_hu": np.float32}
+FILE_NAMES = {"synthetic_cect": "synthetic_cect.nii.gz", "lumen": "lumen.nii.gz", "thrombus": "thrombus.nii.gz",
+              "pred": "label.nii.gz", "std_hu": "std_hu.nii.gz"}
+
+
+def save_like(arr: np.ndarray, ref: nib.Nifti1Image, path: Path, dtype) -> None:
+    """Save ``arr`` with ``ref``'s affine and s/qform codes (shape must equal ``ref.shape[:3]``)."""
+    if arr.shape != ref.shape[:3]:
+        raise ValueError(f"output '{path}' has shape {arr.shape}, expected the input's {ref.shape[:3]}")
+    img = nib.Nifti1Image(arr.astype(dtype), ref.affine)
+    img.header.set_qform(ref.affine, code=int(ref.header["qform_code"]) or 1)
+    img.header.set_sform(ref.affine, code=int(ref.header["sform_code"]) or 1)
+    img.header.set_xyzt_units(*ref.header.get_xyzt_units())
+    nib.save(img, str(path))
+
+
+def preview_png(ncct_hu: np.ndarray, cect_hu: np.ndarray, lumen: np.ndarray, thrombus: np.ndarray, path: Path,
+                window: tuple[float, float] = (-200.0, 600.0), n_slices: int = 4, std_hu: np.ndarray | None = None,
+                real_cect_hu: np.ndarray | None = None) -> None:
+    """Grid of up to ``n_slices`` axial slices with aorta: NCCT | synthetic CECT | [real CECT] | masks | [std]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has = np.nonzero((lumen > 0).any((0, 1)) | (thrombus > 0).any((0, 1)))[0]
+    if len(has) == 0:
+        has = np.arange(ncct_hu.shape[2])
+    idx = has[np.unique(np.linspace(0, len(has) - 1, min(n_slices, len(has))).round().astype(int))]
+    cols = [("NCCT", ncct_hu, "gray"), ("synthetic CECT", cect_hu, "gray")]
+    if real_cect_hu is not None:
+        cols.append(("real CECT", real_cect_hu, "gray"))
+    cols.append(("lumen (red) / thrombus (yellow)", None, None))
+    if std_hu is not None:
+        cols.append(("std (HU)", std_hu, "magma"))
+    fig, axes = plt.subplots(len(idx), len(cols), figsize=(2.6 * len(cols), 2.6 * len(idx)), squeeze=False)
+    for r, k in enumerate(idx):
+        for c, (title, vol, cmap) in enumerate(cols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if vol is None:
+                ax.imshow(np.rot90(cect_hu[:, :, k]), cmap="gray", vmin=window[0], vmax=window[1])
+                over = np.zeros(lumen.shape[:2] + (4,))
+                over[lumen[:, :, k] > 0] = (1, 0, 0, 0.6)
+                over[thrombus[:, :, k] > 0] = (1, 1, 0, 0.6)
+                ax.imshow(np.rot90(over))
+            elif cmap == "magma":
+                ax.imshow(np.rot90(vol[:, :, k]), cmap=cmap, vmin=0)
+            else:
+                ax.imshow(np.rot90(vol[:, :, k]), cmap=cmap, vmin=window[0], vmax=window[1])
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+        axes[r, 0].text(2, 8, f"slice {k}", color="w", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    plt.close(fig)
+
+
+class WriteAortaDiffOutputsd(MapTransform):
+    """Postprocessing transform that writes one case (channel-first arrays on the input grid).
+
+    Args:
+        output_dir: root folder; one sub-folder per ``case_key``.
+        ref_key: key holding the input NCCT file path (its affine is copied).
+        num_samples: > 1 also writes the std map and ``uncertainty.json``.
+        overwrite: replace existing outputs.
+    """
+
+    def __init__(self, output_dir: str, ref_key: str = "ncct_path", case_key: str = "case_id",
+                 num_samples: int = 1,
+                 window: tuple[float, float] = (-200.0, 600.0), overwrite: bool = False, preview: bool = True) -> None:
+        super().__init__(list(OUTPUTS), allow_missing_keys=True)
+        self.output_dir = Path(output_dir)
+        self.ref_key, self.case_key = ref_key, case_key
+        self.num_samples = int(num_samples)
+        self.window = (float(window[0]), float(window[1]))
+        self.overwrite = overwrite
+        self.preview = preview
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        ref_path = d[self.ref_key]
+        ref_path = ref_path[0] if isinstance(ref_path, (list, tuple)) else ref_path
+        ref = nib.load(str(ref_path))
+        case = d.get(self.case_key, Path(str(ref_path)).name.split(".")[0])
+        case = case[0] if isinstance(case, (list, tuple)) else str(case)
+        out = self.output_dir / case
+        keys = [k for k in OUTPUTS if k in d and (k != "std_hu" or self.num_samples > 1)]
+        targets = [out / FILE_NAMES[k] for k in keys] + [out / "preview.png"]
+        if not self.overwrite:
+            for p in targets:
+                if p.exists():
+                    raise FileExistsError(f"output '{p}' already exists; pass --overwrite True to replace it")
+        out.mkdir(parents=True, exist_ok=True)
+        arrays = {k: convert_to_numpy(d[k])[0] for k in keys}
+        for k in keys:
+            save_like(arrays[k], ref, out / FILE_NAMES[k], OUTPUTS[k])
+        if self.num_samples > 1 and "std_hu" in arrays:
+            score = d.get("uncertainty_score")
+            score = float(score) if score is not None else float(arrays["std_hu"].mean())
+            (out / "uncertainty.json").write_text(json.dumps(
+                {"case_id": case, "uncertainty_score": score, "definition": "mean per-voxel std (HU) inside the aorta",
+                 "num_samples": self.num_samples}, indent=1))
+        if self.preview:
+            ncct = np.asarray(ref.dataobj, dtype=np.float32) if ref.ndim == 3 else arrays["synthetic_cect"]
+            preview_png(ncct, arrays["synthetic_cect"], arrays.get("lumen", np.zeros(ncct.shape)),
+                        arrays.get("thrombus", np.zeros(ncct.shape)), out / "preview.png", self.window,
+                        std_hu=arrays.get("std_hu") if self.num_samples > 1 else None)
+        d["output_folder"] = str(out)
+        return d
