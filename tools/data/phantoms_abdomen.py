@@ -23,7 +23,7 @@ ORGAN_TISSUES = {
 TISSUES = TORSO + ["lung", "vessel", "renal_sinus"] + list(ORGAN_TISSUES)
 # expected median HU of every label (for tests and users): per-case HU are drawn inside these ranges
 LABEL_HU_RANGE = {1: (95, 140), 2: (120, 200), 3: (120, 200), 4: (0, 25), 5: (30, 70), 6: (90, 130), 7: (-200, 90),
-                  8: (140, 220), 9: (110, 180), 10: (70, 120), 11: (40, 80), 12: (40, 80), 13: (0, 90), 14: (0, 30),
+                  8: (140, 220), 9: (110, 180), 10: (70, 120), 11: (25, 95), 12: (25, 95), 13: (0, 90), 14: (0, 30),
                   15: (35, 110)}
 
 
@@ -49,13 +49,13 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
 
     u = lambda lo, hi: uniform(rng, lo, hi)  # noqa: E731
     # lung bases (posterior, top of the stack)
-    for side in (1, -1):
-        blob("lung", (side * k * 70, yv + k * 5, zt(1.0) + u(5, 25)), (k * 45, k * 45, u(30, 45)), amount=0.05,
-             only=cav + [ts["muscle"]])
+    for side in (1, -1):  # posterior costophrenic recesses, lateral to the spine
+        blob("lung", (side * A * u(0.45, 0.55), yv - k * u(5, 15), zt(1.0) + u(10, 25)), (k * 38, k * 28, u(30, 40)),
+             yaw=side * 0.4, amount=0.05, only=cav + [ts["muscle"]])
     # liver: right lobe + left lobe
     blob("liver", (k * u(55, 70), k * u(-5, 10), zt(u(0.83, 0.9))), (k * u(70, 85), k * u(70, 85), E * u(0.15, 0.19)),
          yaw=u(-0.3, 0.0))
-    blob("liver", (-k * u(15, 30), k * u(35, 50), zt(u(0.86, 0.92))), (k * u(45, 60), k * u(25, 35), E * u(0.08, 0.11)),
+    blob("liver", (-k * u(5, 20), k * u(40, 55), zt(u(0.86, 0.92))), (k * u(38, 48), k * u(20, 28), E * u(0.07, 0.1)),
          yaw=u(-0.3, 0.2), only=cav + [ts["liver"]])
     blob("gallbladder", (k * u(35, 50), k * u(35, 50), zt(u(0.7, 0.76))), (k * u(12, 16), k * u(16, 22), u(25, 35)),
          yaw=u(0.3, 0.8), only=cav + [ts["liver"]])
@@ -66,7 +66,7 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
     ss = (k * u(38, 48), k * u(28, 36), E * u(0.08, 0.1))
     d = Deform.random(rng, 0.08)
     yaw = u(-0.6, -0.2)
-    c.ellipsoid(ts["stomach_wall"], sc, ss, rotation(yaw), d, only=cav)
+    c.ellipsoid(ts["stomach_wall"], sc, ss, rotation(yaw), d, only=cav + [ts["liver"]])  # indents the left lobe
     c.ellipsoid(ts["stomach_content"], sc, tuple(s - 4 * k for s in ss), rotation(yaw), d, only=[ts["stomach_wall"]])
     c.ellipsoid(ts["stomach_gas"], (sc[0], sc[1] + 0.6 * ss[1], sc[2]), (ss[0] * 0.6, ss[1] * 0.45, ss[2] * 0.6),
                 rotation(yaw), only=[ts["stomach_content"]])
@@ -83,7 +83,7 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
         c.ellipsoid(ts["renal_sinus"], (cx + hil[0], cy + hil[1], cz), (semi[0] * 0.45, semi[1] * 0.35, semi[2] * 0.5), rot,
                     only=[ts[f"kidney_cortex_{tag}"], ts[f"kidney_medulla_{tag}"]])
         blob(f"adrenal_{tag}", (side * k * u(30, 40), yv + k * u(12, 20), cz + semi[2] + u(5, 15)),
-             (k * 3.5, k * u(12, 16), u(14, 20)), yaw=side * u(0.2, 0.5), amount=0.04,
+             (max(k * 5, 1.2 * g.spacing[0]), k * u(12, 16), u(14, 20)), yaw=side * u(0.2, 0.5), amount=0.04,
              only=cav + [ts["muscle"], ts["liver"], ts["spleen"]])
     # pancreas: blobs from the head (right, lower) to the tail (left, higher, near the spleen)
     n = 9
@@ -154,7 +154,7 @@ def _hu(ts: TissueSet, rng) -> None:
         "spleen": (u(105, 130), 6), "kidney_cortex_r": (u(150, 190), 6), "kidney_medulla_r": (u(130, 170), 6),
         "gallbladder": (u(5, 15), 3), "esophagus": (u(40, 60), 6), "liver": (u(95, 120), 7), "stomach_wall": (u(60, 85), 5),
         "stomach_content": (u(5, 25), 6), "stomach_gas": (u(-930, -870), 25), "aorta": (u(150, 200), 4),
-        "ivc": (u(120, 160), 5), "pancreas": (u(80, 105), 14), "adrenal_r": (u(50, 70), 5), "duodenum_wall": (u(60, 85), 5),
+        "ivc": (u(120, 160), 5), "pancreas": (u(80, 105), 14), "adrenal_r": (u(55, 75), 5), "duodenum_wall": (u(60, 85), 5),
         "duodenum_content": (u(5, 30), 6), "bladder_wall": (u(40, 60), 4), "urine": (u(3, 15), 3),
         "prostate_uterus": (u(45, 95), 8),
     }
