@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Creates the MONAI Label environment (default .venv-label) once; sourced by test_label.sh and monailabel.sh.
+#
+# Why its own environment: monailabel 0.8.5 installs beside monai 1.6.1 and torch 2.14.1, but its
+# dependencies numpymaxflow and pydicom-seg pin numpy<2 (numpy goes down to 1.26.4), its app fails to
+# import with pydicom 3, and it pulls ~2.5 GB more. The core .venv stays on numpy 2.
+# sam2 (a monailabel dependency, built from source: minutes) is left out unless LABEL_WITH_SAM2=1:
+# the bundle app only uses it for its optional SAM2 models, which we switch off (--conf sam2 false).
+set -euo pipefail
+VENV_LABEL=${VENV_LABEL:-.venv-label}
+PY=${PYTHON:-python3}
+if ! "$VENV_LABEL/bin/python" -c "import monailabel, monai, tools" >/dev/null 2>&1; then
+  echo "creating $VENV_LABEL (MONAI Label 0.8.5; several minutes, ~2.5 GB beyond torch)" >&2
+  start=$(date +%s)
+  "$PY" -m venv "$VENV_LABEL"
+  PIP="$VENV_LABEL/bin/pip"
+  # monailabel 0.8.5's own requirements, pydicom capped below 3, without sam2
+  "$PIP" install -q \
+    'monai[fire,gdown,ignite,itk,lmdb,mlflow,nibabel,openslide,pillow,psutil,skimage,tensorboard,torchvision,tqdm]==1.6.1' \
+    'torch==2.14.1' 'torchvision==0.29.1' 'lpips==0.1.4' 'pytorch-ignite>=0.5,<0.6' 'fire>=0.6' 'pytest>=8' \
+    'uvicorn>=0.29.0' 'pydantic>=2.7.0' 'pydantic-settings>=2.2.1' 'python-dotenv>=1.0.1' 'fastapi>=0.110.2' \
+    'python-multipart>=0.0.9' 'httpx>=0.27.0' 'schedule>=1.2.1' 'dicomweb-client[gcp]>=0.59.1' 'timeloop>=1.0.2' \
+    'expiringdict>=1.2.2' 'expiring_dict>=1.1.0' 'cachetools>=5.3.3' 'watchdog>=4.0.0' 'pydicom>=2.4.4,<3' \
+    'pydicom-seg>=0.4.1' 'pynetdicom>=2.0.2' 'pynrrd>=1.0.0' 'numpymaxflow>=0.0.7' 'girder-client>=3.2.3' \
+    'ninja>=1.11.1.1' 'einops>=0.7.0' 'pyyaml>=6.0.1' 'filelock>=3.11.0' 'passlib>=1.7.4' 'pyjwt>=2.8.0' \
+    'bcrypt>=4.1.2' 'shapely>=2.0.4' 'requests>=2.31.0' 'requests-toolbelt>=1.0.0' 'urllib3>=2.2.1' \
+    scikit-learn scipy 'google-auth>=2.29.0'
+  if [ "${LABEL_WITH_SAM2:-0}" = "1" ]; then
+    "$PIP" install -q 'monailabel==0.8.5' 'pydicom>=2.4.4,<3'
+  else
+    "$PIP" install -q --no-deps 'monailabel==0.8.5'
+  fi
+  # the project itself: --no-deps because pyproject asks numpy>=2 (the label environment has 1.26)
+  "$PIP" install -q --no-deps -e .
+  echo "$VENV_LABEL ready in $(( $(date +%s) - start )) s" >&2
+fi
