@@ -16,7 +16,14 @@ import pytest
 from scipy import ndimage
 
 from tools.data import phantoms
-from tools.data.phantoms import ABDOMEN_LABELS, HEART_LABELS, cli, ensure_phantoms, generate, make_case
+from tools.data.phantoms import (
+    ABDOMEN_LABELS,
+    HEART_LABELS,
+    cli,
+    ensure_phantoms,
+    generate,
+    make_case,
+)
 from tools.data.phantoms_abdomen import LABEL_HU_RANGE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +59,7 @@ def aaa_cases():
 # ---------------------------------------------------------------------------------------------- aaa
 def test_aaa_hu_medians(aaa_cases):
     for c in aaa_cases:
-        T = lambda name: _core(_tissue(c, name))  # noqa: E731  (tissue core, away from partial volume)
+        T = lambda name, c=c: _core(_tissue(c, name))
         nc, ce = c["arrays"]["ncct"], c["arrays"]["cect"]
         assert nc.dtype == np.float32 and ce.dtype == np.float32
         assert 40 <= _median(nc, T("lumen")) <= 50  # blood ~45
@@ -201,7 +208,7 @@ def test_generate_datalist_split_unlabeled_orientation(tmp_path):
 
 
 def test_same_seed_identical_files(tmp_path):
-    kw = dict(size=32, slices=8)
+    kw = {"size": 32, "slices": 8}
     a = generate("heart", 3, tmp_path / "a", seed=7, **kw).parent
     b = generate("heart", 3, tmp_path / "b", seed=7, **kw).parent
     c = generate("heart", 3, tmp_path / "c", seed=8, **kw).parent
@@ -247,13 +254,13 @@ def test_cli_run_refuse_and_bad_argument(tmp_path, capsys):
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "tools.data.phantoms", "--anatomy", "heart", "--cases", "3", "--out", str(out),
            "--size", "32", "--slices", "8", "--seed", "1"]
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
     assert run.returncode == 0, run.stderr
     data = json.loads((out / "datalist.json").read_text())
     assert sum(len(v) for v in data.values()) == 3
     victim = out / "heart_000" / "image.nii.gz"
     before, stamp = victim.read_bytes(), os.stat(victim).st_mtime_ns
-    again = subprocess.run(cmd[:-1] + ["2"], capture_output=True, text=True, cwd=REPO)
+    again = subprocess.run(cmd[:-1] + ["2"], capture_output=True, text=True, cwd=REPO, check=False)
     assert again.returncode != 0 and "--overwrite" in again.stderr and "not empty" in again.stderr
     assert victim.read_bytes() == before and os.stat(victim).st_mtime_ns == stamp
     assert cli(["--anatomy", "liver", "--cases", "2", "--out", str(tmp_path / "x")]) == 2

@@ -50,13 +50,13 @@ from scipy import ndimage
 from tools.data.phantoms_shapes import Canvas, make_grid
 
 __all__ = [
-    "ANATOMIES",
     "ABDOMEN_LABELS",
+    "ANATOMIES",
     "HEART_LABELS",
-    "make_case",
-    "generate",
     "ensure_phantoms",
+    "generate",
     "main",
+    "make_case",
 ]
 
 ANATOMIES = ("aaa", "abdomen", "heart")
@@ -198,8 +198,8 @@ def _split(case_ids: list[str], seed: int) -> dict[str, list[str]]:
     """Patient-level split: ~15 % validation and ~15 % test, every split non-empty when >= 3 cases."""
     n = len(case_ids)
     perm = np.random.default_rng([int(seed), 99]).permutation(n)
-    n_val = max(1, int(round(0.15 * n))) if n >= 2 else 0
-    n_test = max(1, int(round(0.15 * n))) if n >= 3 else 0
+    n_val = max(1, round(0.15 * n)) if n >= 2 else 0
+    n_test = max(1, round(0.15 * n)) if n >= 3 else 0
     val = sorted(case_ids[i] for i in perm[:n_val])
     test = sorted(case_ids[i] for i in perm[n_val:n_val + n_test])
     train = sorted(case_ids[i] for i in perm[n_val + n_test:])
@@ -209,7 +209,7 @@ def _split(case_ids: list[str], seed: int) -> dict[str, list[str]]:
 def _unlabeled(splits: dict[str, list[str]], fraction: float, seed: int) -> set[str]:
     """Cases without a lumen mask: ``round(fraction * n)``, training first, one labeled case kept per split."""
     n = sum(len(v) for v in splits.values())
-    want = int(round(fraction * n))
+    want = round(fraction * n)
     rng = np.random.default_rng([int(seed), 98])
     pool = []
     for name in ("training", "validation", "test"):

@@ -11,7 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from tools.data.phantoms_shapes import Canvas, Deform, rotation
-from tools.data.phantoms_torso import TORSO, TissueSet, paint_bowel, paint_colon, paint_mesentery, paint_torso, uniform
+from tools.data.phantoms_torso import (
+    TORSO,
+    TissueSet,
+    paint_bowel,
+    paint_colon,
+    paint_mesentery,
+    paint_torso,
+    uniform,
+)
 
 TISSUES = TORSO + ["mesenteric_vessel", "kidney_cortex", "kidney_medulla", "sinus_fat", "liver", "ivc", "aortic_wall", "thrombus", "lumen",
                    "calcification"]
@@ -106,7 +114,7 @@ def _calcifications(c: Canvas, ts: TissueSet, rng, z, cx, cy, a, b, wall) -> Non
         lo = (float(cx[sel].min()) - ext, float(cy[sel].min()) - ext, zc - half)
         hi = (float(cx[sel].max()) + ext, float(cy[sel].max()) + ext, zc + half)
 
-        def fn(X, Y, Z):
+        def fn(X, Y, Z, ang=ang, band=band, width=width):
             kk = np.nonzero((zv >= Z.ravel()[0]) & (zv <= Z.ravel()[-1]))[0]
             sh = (1, 1, -1)
             dx, dy = X - cx[kk].reshape(sh), Y - cy[kk].reshape(sh)

@@ -11,7 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from tools.data.phantoms_shapes import Canvas, Deform, rotation
-from tools.data.phantoms_torso import TORSO, TissueSet, paint_bowel, paint_torso, uniform
+from tools.data.phantoms_torso import (
+    TORSO,
+    TissueSet,
+    paint_bowel,
+    paint_torso,
+    uniform,
+)
 
 # tissue name -> AMOS22 label id (tissues of one organ share its id; torso tissues are background 0)
 ORGAN_TISSUES = {
@@ -38,7 +44,7 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
         return z0 + frac * E
 
     tor = paint_torso(c, ts, rng, fov, t)
-    k, A, B, yv, front = tor.k, tor.A, tor.B, tor.yv, tor.front
+    k, A, yv, front = tor.k, tor.A, tor.yv, tor.front
     vmin = 0.8 * g.spacing[0]  # smallest semi-axis: keep small organs visible on coarse grids
     cav = [ts["visceral_fat"]]
 
@@ -47,7 +53,7 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
         c.ellipsoid(ts[name], centre, semi, rotation(yaw, pitch), Deform.random(rng, amount),
                     only=cav if only is None else only)
 
-    u = lambda lo, hi: uniform(rng, lo, hi)  # noqa: E731
+    u = lambda lo, hi: uniform(rng, lo, hi)
     # lung bases (posterior, top of the stack)
     for side in (1, -1):  # posterior costophrenic recesses, lateral to the spine
         blob("lung", (side * A * u(0.45, 0.55), yv - k * u(5, 15), zt(1.0) + u(10, 25)), (k * 38, k * 28, u(30, 40)),
@@ -115,7 +121,7 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
         blob("prostate_uterus", (bc[0], bc[1] - bs[1] * 0.6, bc[2] + bs[2] * 0.8), (k * 32, k * 22, u(30, 40)),
              yaw=u(-0.3, 0.3), only=cav + [ts["muscle"], ts["bladder_wall"]])
     for side in (1, -1):
-        wing = dict(yaw=side * u(0.5, 0.8), amount=0.04, only=cav + [ts["muscle"]])
+        wing = {"yaw": side * u(0.5, 0.8), "amount": 0.04, "only": cav + [ts["muscle"]]}
         ic = (side * k * u(70, 80), yv + k * u(-5, 5), zt(u(0.16, 0.22)))
         isemi = (k * u(9, 12), k * u(40, 50), E * u(0.06, 0.1))
         blob("cortical", ic, isemi, **wing)
@@ -144,7 +150,7 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
 
 
 def _hu(ts: TissueSet, rng) -> None:
-    u = lambda lo, hi: uniform(rng, lo, hi)  # noqa: E731
+    u = lambda lo, hi: uniform(rng, lo, hi)
     fat = u(-110, -90)
     table = {
         "skin": (35, 5), "fat": (fat, 6), "muscle": (u(50, 62), 6), "visceral_fat": (fat + u(0, 8), 8),

@@ -12,7 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from tools.data.phantoms_shapes import Canvas, Deform, rotation
-from tools.data.phantoms_torso import TORSO, Torso, TissueSet, paint_body, paint_spine, uniform
+from tools.data.phantoms_torso import (
+    TORSO,
+    TissueSet,
+    Torso,
+    paint_body,
+    paint_spine,
+    uniform,
+)
 
 HEART_TISSUES = {"la": 1, "lv": 2, "ra": 3, "rv": 4, "myo": 5, "ao": 6, "pa": 7, "laa": 8}
 TISSUES = TORSO + ["lung", "lung_vessel", "liver", "mediastinum", "epicardial_fat", "rv_wall", "atrial_wall", "esophagus"] + list(HEART_TISSUES)
@@ -34,7 +41,7 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
     ts = TissueSet(TISSUES)
     g = c.grid
     z = g.z
-    u = lambda lo, hi: uniform(rng, lo, hi)  # noqa: E731
+    u = lambda lo, hi: uniform(rng, lo, hi)
     zmid = 0.5 * float(z.min() + z.max())
     H = np.array([u(-12, 0), u(-5, 8), zmid + u(-8, 4)])
     sc = u(0.9, 1.1)
@@ -80,7 +87,7 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
     # heart: long axis base -> apex (left, anterior, inferior)
     ax = _unit(np.array([-0.55, 0.5, -0.65]) + rng.normal(0, 0.06, 3))
     R = _frame(ax)
-    d = lambda a=0.04: Deform.random(rng, a)  # noqa: E731
+    d = lambda a=0.04: Deform.random(rng, a)
     c.ellipsoid(ts["epicardial_fat"], H + 8 * ax * sc, np.array([68, 60, 58]) * sc, R, d(0.05),
                 only=[ts["mediastinum"], ts["lung"]])
     # right atrium, left atrium with its appendage
@@ -122,7 +129,7 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
 
 
 def _hu(ts: TissueSet, rng) -> None:
-    u = lambda lo, hi: uniform(rng, lo, hi)  # noqa: E731
+    u = lambda lo, hi: uniform(rng, lo, hi)
     fat = u(-110, -90)
     blood = u(300, 420)
     right = blood * u(0.85, 1.0)

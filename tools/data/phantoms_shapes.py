@@ -12,12 +12,12 @@ evaluated by broadcasting three 1-D coordinate vectors over the shape's bounding
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-__all__ = ["Grid", "make_grid", "Canvas", "Deform", "rotation", "ORIENTATIONS"]
+__all__ = ["ORIENTATIONS", "Canvas", "Deform", "Grid", "make_grid", "rotation"]
 
 ORIENTATIONS = ("RAS", "LPS")
 
@@ -88,7 +88,7 @@ class Deform:
     phases: np.ndarray  # (K,)
 
     @staticmethod
-    def random(rng: np.random.Generator, amount: float = 0.08, k: int = 3, freq: float = 2.5) -> "Deform":
+    def random(rng: np.random.Generator, amount: float = 0.08, k: int = 3, freq: float = 2.5) -> Deform:
         if amount <= 0:
             return Deform(np.zeros((0, 3)), np.zeros(0), np.zeros(0))
         w = rng.normal(size=(k, 3))

@@ -60,7 +60,6 @@ def uniform(rng, lo, hi):
 def paint_torso(c: Canvas, ts: TissueSet, rng: np.random.Generator, fov: float, t: np.ndarray) -> Torso:
     """Body outline, skin, subcutaneous fat, muscle wall, visceral fat (cavity), paraspinal muscles,
     psoas and the lumbar spine (vertebral bodies with cortical ring, discs, canal, posterior elements)."""
-    g = c.grid
     A = 0.46 * fov * uniform(rng, 0.86, 1.0)
     B = A * uniform(rng, 0.66, 0.78)
     Bp = B * uniform(rng, 0.88, 0.96)

@@ -48,18 +48,18 @@ def figure(out: str | Path = "docs/phantoms.png", seed: int = 0, size: int = 256
         pass
     cmap = ListedColormap(plt.get_cmap("tab20")(np.linspace(0, 1, 20))[:16])
     cmap.colors[0] = (0, 0, 0, 1)
-    win = dict(cmap="gray", vmin=-160, vmax=240)
+    win = {"cmap": "gray", "vmin": -160, "vmax": 240}
     fig, axes = plt.subplots(2, 4, figsize=(16, 8.6))
     axes = axes.ravel()
     masks = _slice(aaa, "aorta", k_aaa).astype(int) + _slice(aaa, "lumen", k_aaa)
     panels = [
         (_slice(aaa, "ncct", k_aaa), win, f"aaa NCCT (slice {k_aaa})"),
         (_slice(aaa, "cect", k_aaa), win, "aaa CECT"),
-        (masks, dict(cmap=ListedColormap(["black", "gold", "red"]), vmin=0, vmax=2), "aaa masks: thrombus (gold), lumen (red)"),
+        (masks, {"cmap": ListedColormap(["black", "gold", "red"]), "vmin": 0, "vmax": 2}, "aaa masks: thrombus (gold), lumen (red)"),
         (_slice(abd, "image", k_abd), win, f"abdomen image (slice {k_abd})"),
-        (_slice(abd, "label", k_abd), dict(cmap=cmap, vmin=0, vmax=15, interpolation="nearest"), "abdomen label (AMOS ids)"),
-        (_slice(heart, "image"), dict(cmap="gray", vmin=-300, vmax=600), "heart CTA"),
-        (_slice(heart, "label"), dict(cmap=cmap, vmin=0, vmax=15, interpolation="nearest"), "heart label (1 LA .. 8 LAA)"),
+        (_slice(abd, "label", k_abd), {"cmap": cmap, "vmin": 0, "vmax": 15, "interpolation": "nearest"}, "abdomen label (AMOS ids)"),
+        (_slice(heart, "image"), {"cmap": "gray", "vmin": -300, "vmax": 600}, "heart CTA"),
+        (_slice(heart, "label"), {"cmap": cmap, "vmin": 0, "vmax": 15, "interpolation": "nearest"}, "heart label (1 LA .. 8 LAA)"),
         (_slice(aaa, "cect", slices // 2 if k_aaa != slices // 2 else 0).T.T, win, "aaa CECT, another slice"),
     ]
     for ax, (img, kw, title) in zip(axes, panels):
