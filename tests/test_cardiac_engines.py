@@ -1,0 +1,91 @@
+"""Cardiac LDM bundle: early stopping on a scripted validation curve, latent prepare batch, output guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+
+from tools.engines.latent_prepare_batch import LatentDiffusionPrepareBatch
+from tools.engines.latent_scale import LatentScale
+from tools.engines.output_guard import refuse_overwrite
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "cardiac_ldm_ssl" / "configs"
+
+
+def _early_stop(config: str, patience: int | None = None):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    if patience is not None:
+        parser["patience"] = patience
+    return parser, parser.get_parsed_content("validate#early_stop")
+
+
+def _run_with_curve(handler, curve, metric_name, max_epochs=100):
+    """Trainer whose per-epoch validation reports ``curve[epoch - 1]`` as ``metric_name``."""
+    trainer = Engine(lambda engine, batch: None)
+    evaluator = Engine(lambda engine, batch: None)
+
+    @evaluator.on(Events.EPOCH_COMPLETED)  # like MONAI metrics, before the handler
+    def _score(engine):
+        engine.state.metrics[metric_name] = curve[min(trainer.state.epoch, len(curve)) - 1]
+
+    handler.set_trainer(trainer)
+    handler.attach(evaluator)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run([0]))
+    trainer.run([0], max_epochs=max_epochs)
+    return trainer.state.epoch
+
+
+def test_finetune_early_stopping_stops_when_validation_dice_stops_improving():
+    parser, handler = _early_stop("train.json")
+    assert parser["patience"] == 10
+    # Dice improves for 6 epochs (best at epoch 6), then plateaus / drops
+    curve = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6] + [0.55, 0.6, 0.58, 0.6, 0.59, 0.5, 0.6, 0.4, 0.3, 0.6] + [0.6] * 50
+    assert _run_with_curve(handler, curve, "val_mean_dice") == 6 + 10
+    # a curve that keeps improving runs to the end
+    _, handler = _early_stop("train.json")
+    assert _run_with_curve(handler, [i / 100 for i in range(1, 31)], "val_mean_dice", max_epochs=30) == 30
+
+
+def test_ssl_early_stopping_uses_validation_mse_lower_is_better():
+    parser, handler = _early_stop("pretrain_ssl.json", patience=3)
+    assert _early_stop("pretrain_ssl.json")[0]["patience"] == 50
+    curve = [0.5, 0.4, 0.3, 0.35, 0.29, 0.2, 0.25, 0.26, 0.27, 0.1]  # best at epoch 6, 3 worse after
+    assert _run_with_curve(handler, curve, "val_mse") == 6 + 3
+
+
+class _Enc(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.training_calls = 0
+
+    def encode_stage_2_inputs(self, x):
+        return x[:, :3, ::2, ::2, ::2] * 2.0
+
+
+def test_latent_prepare_batch_scales_latents_and_draws_matching_noise():
+    scale = LatentScale()
+    pb = LatentDiffusionPrepareBatch(_Enc(), scale, num_train_timesteps=1000)
+    batch = {"joint": torch.randn(2, 10, 8, 8, 8)}
+    with pytest.raises(ValueError, match="unset"):
+        pb(batch)
+    scale.set(0.25)
+    z, target, args, kwargs = pb(batch, device="cpu")
+    torch.testing.assert_close(z, batch["joint"][:, :3, ::2, ::2, ::2] * 2.0 * 0.25)
+    assert target.shape == z.shape and torch.equal(target, kwargs["noise"])
+    assert kwargs["timesteps"].shape == (2,) and 0 <= int(kwargs["timesteps"].min()) and int(kwargs["timesteps"].max()) < 1000
+    with pytest.raises(ValueError, match="joint"):
+        pb({"image": torch.zeros(1)})
+
+
+def test_refuse_overwrite(tmp_path):
+    f = tmp_path / "model.pt"
+    refuse_overwrite([f])
+    f.write_text("x")
+    with pytest.raises(FileExistsError, match="model.pt"):
+        refuse_overwrite([f])
+    refuse_overwrite([f], overwrite=True)

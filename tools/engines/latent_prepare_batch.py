@@ -1,0 +1,77 @@
+"""Diffusion ``prepare_batch`` on the latents of a frozen first-stage autoencoder.
+
+MONAI's ``DiffusionPrepareBatch`` draws noise and timesteps shaped like its input. For latent diffusion
+the input is the autoencoder latent, scaled by the stored factor (``z * scale_factor``, unit variance),
+so this subclass encodes the batch first (no gradient, optional bf16 autocast) and hands the scaled
+latent to the stock ``DiffusionInferer`` / ``SupervisedTrainer``. Sampling uses MONAI's
+``LatentDiffusionInferer``, which divides by the same factor before decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from monai.engines.utils import DiffusionPrepareBatch
+from torch import nn
+
+from tools.engines.latent_scale import LatentScale
+
+__all__ = ["LatentDiffusionPrepareBatch"]
+
+
+class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
+    """Returns ``(z * scale, noise, (), {"noise", "timesteps"[, "condition"]})`` for a batch dict.
+
+    Args:
+        autoencoder: frozen first-stage model (``encode_stage_2_inputs``).
+        latent_scale: :class:`LatentScale` set before training starts (``LatentScaleHandler``).
+        num_train_timesteps: scheduler steps.
+        input_key: batch key of the autoencoder input (the joint image + one-hot label tensor).
+        condition_name: optional batch key of the conditioning tensor.
+        amp: encode under bf16 autocast (CUDA only).
+    """
+
+    def __init__(
+        self,
+        autoencoder: nn.Module,
+        latent_scale: LatentScale,
+        num_train_timesteps: int,
+        input_key: str = "joint",
+        condition_name: str | None = None,
+        amp: bool = False,
+    ) -> None:
+        super().__init__(num_train_timesteps=num_train_timesteps, condition_name=condition_name)
+        self.autoencoder = autoencoder
+        self.latent_scale = latent_scale
+        self.input_key = input_key
+        self.amp = amp
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.latent_scale.is_set:
+            raise ValueError("latent scale factor is unset: attach LatentScaleHandler to the trainer")
+        self.autoencoder.eval()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp and x.device.type == "cuda"):
+            z = self.autoencoder.encode_stage_2_inputs(x)
+        return z.float() * self.latent_scale.value
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
+        if self.input_key not in batchdata:
+            raise ValueError(f"batch has no key '{self.input_key}' (found {sorted(batchdata)})")
+        x = torch.as_tensor(batchdata[self.input_key]).to(device, non_blocking=non_blocking)
+        z = self.encode(x)
+        noise = self.get_noise(z)
+        timesteps = self.get_timesteps(z)
+        target = self.get_target(z, noise, timesteps)
+        infer_kwargs: dict[str, Any] = {"noise": noise, "timesteps": timesteps}
+        if self.condition_name is not None:
+            infer_kwargs["condition"] = torch.as_tensor(batchdata[self.condition_name]).to(device)
+        return z, target, (), infer_kwargs
