@@ -52,9 +52,9 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
     cav = [ts["visceral_fat"]]
 
     # liver edge (patient right = +x), its inferior tip reaching into the upper slices
-    c.ellipsoid(ts["liver"], (k * uniform(rng, 60, 80), k * uniform(rng, -5, 15), ztop + uniform(rng, 30, 70)),
-                (k * uniform(rng, 60, 75), k * uniform(rng, 70, 85), uniform(rng, 70, 100)), rotation(uniform(rng, -0.3, 0.1)),
-                Deform.random(rng, 0.08), only=cav)
+    c.ellipsoid(ts["liver"], (k * uniform(rng, 65, 85), k * uniform(rng, -15, 5), ztop + uniform(rng, 30, 70)),
+                (k * uniform(rng, 55, 70), k * uniform(rng, 60, 80), uniform(rng, 70, 100)), rotation(uniform(rng, -0.6, -0.2)),
+                Deform.random(rng, 0.14, k=4), only=cav)
     # kidneys (right one lower) with medulla and renal sinus fat at the medial hilum
     for side in (1, -1):
         zc = ztop - uniform(rng, 0, 35) - (15.0 if side == 1 else 0.0)

@@ -22,7 +22,7 @@ from tools.data.phantoms_torso import (
 )
 
 HEART_TISSUES = {"la": 1, "lv": 2, "ra": 3, "rv": 4, "myo": 5, "ao": 6, "pa": 7, "laa": 8}
-TISSUES = TORSO + ["lung", "lung_vessel", "liver", "mediastinum", "epicardial_fat", "rv_wall", "atrial_wall", "esophagus"] + list(HEART_TISSUES)
+TISSUES = TORSO + ["lung", "lung_vessel", "liver", "mediastinum", "epicardial_fat", "rv_wall", "atrial_wall", "esophagus", "coronary"] + list(HEART_TISSUES)
 
 
 def _unit(v) -> np.ndarray:
@@ -124,6 +124,18 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
     for end, rr in ((p1 + np.array([48, -22, -4]) * sc, 0.75), (p1 + np.array([-32, -26, -4]) * sc, 0.75)):
         for f in np.linspace(0, 1, 12):
             c.ellipsoid(ts["pa"], p1 + (end - p1) * f, (rp * rr,) * 3, None, exclude=[ts["ao"], ts["la"]])
+    # coronary arteries in the epicardial fat (unlabelled, as in MM-WHS): RCA in the right AV groove,
+    # LAD in the anterior interventricular groove; drawn only where the grid resolves them
+    if g.spacing[0] < 2.0:
+        apex = H + 52 * ax * sc
+        for path in ([root, root + np.array([22, 16, -4]) * sc, H + np.array([48, 26, -8]) * sc,
+                      H + np.array([50, 12, -40]) * sc],
+                     [root, root + np.array([-18, 18, -2]) * sc, H + np.array([-12, 42, -6]) * sc,
+                      apex + np.array([4, 14, 0]) * sc]):
+            for a, b in zip(path[:-1], path[1:]):
+                for f in np.linspace(0, 1, 10):
+                    c.ellipsoid(ts["coronary"], a + (b - a) * f, (u(1.4, 2.0),) * 3, None,
+                                only=[ts["epicardial_fat"], ts["mediastinum"]])
     _hu(ts, rng)
     return {"tissues": ts, "phases": ("image",), "info": {"blood_hu": ts.blood}}
 
@@ -140,7 +152,7 @@ def _hu(ts: TissueSet, rng) -> None:
         "lung_vessel": (right * u(0.7, 0.9), 10), "mediastinum": (fat + u(0, 10), 8), "epicardial_fat": (fat + u(-5, 5), 6),
         "rv_wall": (u(80, 110), 6), "liver": (u(90, 120), 6), "atrial_wall": (u(80, 110), 6), "esophagus": (u(35, 50), 5),
         "la": (blood, 6), "lv": (blood, 6), "laa": (blood * u(0.9, 1.0), 8), "ao": (blood, 5), "ra": (right, 10),
-        "rv": (right, 8), "pa": (right, 6), "myo": (u(90, 120), 6),
+        "rv": (right, 8), "pa": (right, 6), "myo": (u(90, 120), 6), "coronary": (blood * u(0.85, 1.0), 5),
     }
     ts.set("image", "air", -1000, 0)
     for name, (hu, tex) in table.items():

@@ -60,7 +60,7 @@ def uniform(rng, lo, hi):
 def paint_torso(c: Canvas, ts: TissueSet, rng: np.random.Generator, fov: float, t: np.ndarray) -> Torso:
     """Body outline, skin, subcutaneous fat, muscle wall, visceral fat (cavity), paraspinal muscles,
     psoas and the lumbar spine (vertebral bodies with cortical ring, discs, canal, posterior elements)."""
-    A = 0.46 * fov * uniform(rng, 0.86, 1.0)
+    A = min(0.46 * fov * uniform(rng, 0.86, 1.0), uniform(rng, 150, 180))  # fit the FOV, adult size at most
     B = A * uniform(rng, 0.66, 0.78)
     Bp = B * uniform(rng, 0.88, 0.96)
     k = A / 150.0
