@@ -9,6 +9,8 @@ RAS coordinates (+x patient right, +y anterior, +z superior).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from tools.data.phantoms_shapes import Canvas, Deform, rotation
@@ -132,7 +134,7 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
                       H + np.array([50, 12, -40]) * sc],
                      [root, root + np.array([-18, 18, -2]) * sc, H + np.array([-12, 42, -6]) * sc,
                       apex + np.array([4, 14, 0]) * sc]):
-            for a, b in zip(path[:-1], path[1:]):
+            for a, b in itertools.pairwise(path):
                 for f in np.linspace(0, 1, 10):
                     c.ellipsoid(ts["coronary"], a + (b - a) * f, (u(1.4, 2.0),) * 3, None,
                                 only=[ts["epicardial_fat"], ts["mediastinum"]])
