@@ -263,6 +263,11 @@ def test_cli_run_refuse_and_bad_argument(tmp_path, capsys):
     again = subprocess.run(cmd[:-1] + ["2"], capture_output=True, text=True, cwd=REPO, check=False)
     assert again.returncode != 0 and "--overwrite" in again.stderr and "not empty" in again.stderr
     assert victim.read_bytes() == before and os.stat(victim).st_mtime_ns == stamp
+    rerun = ["--anatomy", "heart", "--cases", "2", "--out", str(out), "--size", "32", "--slices", "8", "--seed", "2",
+             "--overwrite", "--workers", "1"]
+    assert cli(rerun) == 0  # asked to overwrite: rewritten, stale case folder of the old run removed
+    assert victim.read_bytes() != before and not (out / "heart_002").exists()
+    assert sum(len(v) for v in json.loads((out / "datalist.json").read_text()).values()) == 2
     assert cli(["--anatomy", "liver", "--cases", "2", "--out", str(tmp_path / "x")]) == 2
     assert "anatomy must be one of aaa, abdomen, heart; got 'liver'" in capsys.readouterr().err
     assert cli(["--anatomy", "aaa", "--cases", "0", "--out", str(tmp_path / "x")]) == 2
