@@ -245,6 +245,10 @@ def test_bad_arguments():
         generate("aaa", 0, "/nonexistent/never")
     with pytest.raises(ValueError, match="size"):
         generate("aaa", 2, "/nonexistent/never", size=16)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        generate("heart", 2, "/nonexistent/never", seed=-1)
+    with pytest.raises(ValueError, match="orientation"):
+        make_case("heart", 0, 0, 32, 8, orientation="RAI")
     with pytest.raises(ValueError, match="unlabeled_fraction"):
         generate("aaa", 2, "/nonexistent/never", unlabeled_fraction=1.5)
     assert not Path("/nonexistent/never").exists()

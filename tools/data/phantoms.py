@@ -154,7 +154,7 @@ def make_case(anatomy: str, seed: int, index: int, size: int = 256, slices: int 
         noise sigma, CECT lumen HU, aorta diameters...) and, if ``with_tissue``, ``tissue`` (uint8 tissue
         map) with ``tissue_names`` (id -> name) for tests and figures.
     """
-    _check_args(anatomy, 1, size, slices)
+    _check_args(anatomy, 1, size, slices, seed=seed)
     rng = np.random.default_rng([int(seed), _ANATOMY_CODE[anatomy], int(index)])
     dxy, dz, fov = _geometry(anatomy, rng, size, slices)
     centre = (float(rng.uniform(-0.04, 0.04) * fov), float(rng.uniform(-0.04, 0.04) * fov), float(rng.uniform(-300, 0)))
@@ -184,10 +184,11 @@ def make_case(anatomy: str, seed: int, index: int, size: int = 256, slices: int 
 # --------------------------------------------------------------------------------------------------
 # data set
 # --------------------------------------------------------------------------------------------------
-def _check_args(anatomy: Any, cases: Any, size: Any, slices: Any, unlabeled_fraction: Any = 0.0) -> None:
+def _check_args(anatomy: Any, cases: Any, size: Any, slices: Any, unlabeled_fraction: Any = 0.0, seed: Any = 0) -> None:
+    """Raise ``ValueError`` naming the first argument that is out of range."""
     if anatomy not in ANATOMIES:
         raise ValueError(f"anatomy must be one of {', '.join(ANATOMIES)}; got {anatomy!r}")
-    for name, value, lo in (("cases", cases, 1), ("size", size, MIN_SIZE), ("slices", slices, MIN_SLICES)):
+    for name, value, lo in (("cases", cases, 1), ("size", size, MIN_SIZE), ("slices", slices, MIN_SLICES), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
             raise ValueError(f"{name} must be an integer >= {lo}; got {value!r}")
     if isinstance(unlabeled_fraction, bool) or not isinstance(unlabeled_fraction, (int, float)) or not 0.0 <= unlabeled_fraction < 1.0:
@@ -274,7 +275,7 @@ def generate(anatomy: str, cases: int, out: str | Path, seed: int = 0, size: int
         ValueError: an argument is out of range (the message names it).
         FileExistsError: ``out`` exists and is not empty while ``overwrite`` is False (nothing is touched).
     """
-    _check_args(anatomy, cases, size, slices, unlabeled_fraction)
+    _check_args(anatomy, cases, size, slices, unlabeled_fraction, seed)
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"out {str(out)!r} exists and is not a folder")
@@ -332,7 +333,7 @@ def ensure_phantoms(anatomy: str, out: str | Path, cases: int = 20, seed: int = 
     """
     out = Path(out).expanduser()
     frac = kw.get("unlabeled_fraction", 0.25)
-    _check_args(anatomy, cases, size, slices, frac)
+    _check_args(anatomy, cases, size, slices, frac, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out.parent / f".{out.name}.lock"):  # two runs sharing a cache folder wait for each other
         return _ensure(anatomy, out, cases, seed, size, slices, frac, **kw)
