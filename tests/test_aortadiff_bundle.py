@@ -36,9 +36,10 @@ def trained(tmp_path_factory):
 
 
 def _infer(paths: dict, out: Path, **kw) -> None:
+    kw = {"num_inference_steps": 2, **kw}
     bundle_run("inference", config_file=[str(CONFIGS / "inference.json")], logging_file=str(CONFIGS / "logging.conf"),
                **TINY, dataset_dir=paths["dataset_dir"], ckpt_dir=paths["ckpt_dir"], output_dir=str(out),
-               sampler="ddim", num_inference_steps=2, progress=False, **kw)
+               sampler="ddim", progress=False, **kw)
 
 
 def test_training_writes_checkpoint_with_model_key(trained):
@@ -100,7 +101,7 @@ def test_inference_on_real_lps_cta(trained, tmp_path):
         pytest.skip(f"real CTA not found at {real} (expected ../shared/realdata beside the checkout)")
     root, paths = trained
     _infer(paths, tmp_path, input_ncct=str(real / "ct_cropped.nii.gz"), input_aorta=str(real / "aorta.nii.gz"),
-           slice_batch_size=64, preview=False)
+           slice_batch_size=64, preview=False, num_inference_steps=1)
     ref = nib.load(str(real / "ct_cropped.nii.gz"))
     aorta = np.asarray(nib.load(str(real / "aorta.nii.gz")).dataobj) > 0
     for name in ("synthetic_cect", "lumen", "thrombus", "label"):

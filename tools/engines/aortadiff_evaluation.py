@@ -14,7 +14,8 @@ the datalist's ``cect``, ``aorta`` and (when present) ``lumen``:
   ``uncertainty_threshold`` are flagged.
 
 Files in ``output_dir``: ``metrics_per_slice.csv``, ``metrics_per_case.csv``, ``metrics_summary.json``,
-``bland_altman_diameters.png``, ``dice_boxplot.png``.
+``bland_altman_diameters.png``, ``dice_boxplot.png`` and ``samples_<case_id>.png`` (NCCT | synthetic CECT |
+real CECT | predicted lumen/thrombus).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from monai.metrics import PSNRMetric, SSIMMetric
 from tools.data.datalist import load_datalist
 from tools.data.transforms import AortaROId, hu_to_unit
 from tools.engines.aortadiff_plots import bland_altman_png, dice_boxplot_png
-from tools.engines.aortadiff_writer import FILE_NAMES
+from tools.engines.aortadiff_writer import FILE_NAMES, preview_png
 from tools.losses.lpips_loss import build_lpips_or_none
 from tools.metrics.aorta_clinical import area_mm2, lumen_diameters_mm, thrombus_area_error_percent
 from tools.metrics.roi_image_quality import roi_psnr, roi_ssim
@@ -112,6 +113,10 @@ class AortaDiffEvaluation:
         rssim = roi_ssim(p_w, g_w, r_t, 1.0).tolist()
         lp = lpips(p_w * 2 - 1, g_w * 2 - 1, r_t).tolist() if lpips is not None else [float("nan")] * len(ks)
         thr_gt = aorta & ~lumen_gt if lumen_gt is not None else None
+        ncct = _load(Path(entry["ncct"]), "NCCT")[0].astype(np.float32)
+        preview_png(ncct, syn, lumen_p, thr_p, self.output_dir / f"samples_{cid}.png", (self.a_min, self.a_max),
+                    real_cect_hu=cect.astype(np.float32),
+                    ref_masks=(lumen_gt, thr_gt) if lumen_gt is not None else None)
         rows = []
         for i, k in enumerate(ks):
             row = {"case_id": cid, "slice": int(k), "psnr": psnr[i], "ssim": ssim[i], "psnr_roi": rpsnr[i],

@@ -38,8 +38,10 @@ def save_like(arr: np.ndarray, ref: nib.Nifti1Image, path: Path, dtype) -> None:
 
 def preview_png(ncct_hu: np.ndarray, cect_hu: np.ndarray, lumen: np.ndarray, thrombus: np.ndarray, path: Path,
                 window: tuple[float, float] = (-200.0, 600.0), n_slices: int = 4, std_hu: np.ndarray | None = None,
-                real_cect_hu: np.ndarray | None = None) -> None:
-    """Grid of up to ``n_slices`` axial slices with aorta: NCCT | synthetic CECT | [real CECT] | masks | [std]."""
+                real_cect_hu: np.ndarray | None = None,
+                ref_masks: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Grid of up to ``n_slices`` axial slices with aorta: NCCT | synthetic CECT | [real CECT] | masks |
+    [reference masks over the real CECT] | [std]. Volumes (H, W, D) in HU / {0, 1}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +54,10 @@ def preview_png(ncct_hu: np.ndarray, cect_hu: np.ndarray, lumen: np.ndarray, thr
     cols = [("NCCT", ncct_hu, "gray"), ("synthetic CECT", cect_hu, "gray")]
     if real_cect_hu is not None:
         cols.append(("real CECT", real_cect_hu, "gray"))
-    cols.append(("lumen (red) / thrombus (yellow)", None, None))
+    cols.append(("predicted lumen (red) / thrombus (yellow)", (lumen, thrombus, cect_hu), "masks"))
+    if ref_masks is not None:
+        cols.append(("reference lumen / thrombus", (ref_masks[0], ref_masks[1],
+                                                   real_cect_hu if real_cect_hu is not None else ncct_hu), "masks"))
     if std_hu is not None:
         cols.append(("std (HU)", std_hu, "magma"))
     fig, axes = plt.subplots(len(idx), len(cols), figsize=(2.6 * len(cols), 2.6 * len(idx)), squeeze=False)
@@ -60,11 +65,12 @@ def preview_png(ncct_hu: np.ndarray, cect_hu: np.ndarray, lumen: np.ndarray, thr
         for c, (title, vol, cmap) in enumerate(cols):
             ax = axes[r, c]
             ax.axis("off")
-            if vol is None:
-                ax.imshow(np.rot90(cect_hu[:, :, k]), cmap="gray", vmin=window[0], vmax=window[1])
-                over = np.zeros(lumen.shape[:2] + (4,))
-                over[lumen[:, :, k] > 0] = (1, 0, 0, 0.6)
-                over[thrombus[:, :, k] > 0] = (1, 1, 0, 0.6)
+            if cmap == "masks":
+                lum, thr, base = vol
+                ax.imshow(np.rot90(base[:, :, k]), cmap="gray", vmin=window[0], vmax=window[1])
+                over = np.zeros(lum.shape[:2] + (4,))
+                over[lum[:, :, k] > 0] = (1, 0, 0, 0.5)
+                over[thr[:, :, k] > 0] = (1, 1, 0, 0.5)
                 ax.imshow(np.rot90(over))
             elif cmap == "magma":
                 ax.imshow(np.rot90(vol[:, :, k]), cmap=cmap, vmin=0)
