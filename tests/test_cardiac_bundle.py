@@ -39,8 +39,8 @@ def _cfg(name: str, *deltas: str) -> list[str]:
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("cardiac")
     datalist = ensure_phantoms("heart", root / "data", cases=4, seed=0, size=32, slices=8)
-    common = dict(TINY, bundle_root=str(root / "bundle"), output_dir=str(root / "runs"), datalist=datalist)
-    models = root / "bundle" / "models"
+    models = root / "models"
+    common = dict(TINY, ckpt_dir=str(models), output_dir=str(root / "runs"), datalist=datalist)
     run("training", config_file=_cfg("train_autoencoder.json"), **common)
     run("training", config_file=_cfg("train_ldm.json"), **common)
     run("run", config_file=_cfg("generate.json"), samples_per_volume=1, num_inference_steps=2, **common)
@@ -98,7 +98,7 @@ def test_inference_keeps_input_geometry(pipeline):
     src = Path(pipeline["datalist"]).parent / test_image
     out_dir = pipeline["root"] / "inference"
     run("inference", config_file=[str(CONFIGS / "inference.json"), SMALL], input_files=[str(src)],
-        output_dir=str(out_dir), bundle_root=pipeline["common"]["bundle_root"], image_size=TINY["image_size"],
+        output_dir=str(out_dir), ckpt_dir=pipeline["common"]["ckpt_dir"], image_size=TINY["image_size"],
         seg_features=TINY["seg_features"])
     outs = list(out_dir.rglob("*_seg.nii.gz"))
     assert len(outs) == 1

@@ -28,13 +28,14 @@ __all__ = ["resized_ras_affine", "SyntheticPairGenerator"]
 logger = logging.getLogger(__name__)
 
 
-def resized_ras_affine(reference: str | Path | None, image_size: Sequence[int],
+def resized_ras_affine(reference: str | Path | None, image_size: Sequence[int], fov_fraction: float = 1.0,
                        default_spacing: Sequence[float] = (0.8, 0.8, 1.5)) -> np.ndarray:
     """RAS affine of the model grid ``image_size`` covering the same field of view as ``reference``.
 
     The reference NIfTI is brought to the closest canonical (RAS) orientation, its voxel size scaled by
-    ``reference_shape / image_size`` and its centre kept. Without a reference, ``default_spacing`` (mm) is
-    used around the origin.
+    ``fov_fraction * reference_shape / image_size`` in-plane (``reference_shape / image_size`` along the
+    slices; the training pipeline's centre crop ``CenterScaleCropd(roi_scale=[f, f, 1])``) and its centre
+    kept. Without a reference, ``default_spacing`` (mm) is used around the origin.
     """
     size = np.asarray(image_size, dtype=float)
     if reference is None:
@@ -49,7 +50,8 @@ def resized_ras_affine(reference: str | Path | None, image_size: Sequence[int],
     ref_shape = np.asarray(img.shape[:3], dtype=float)
     a = img.affine.copy()
     centre = a[:3, :3] @ ((ref_shape - 1) / 2.0) + a[:3, 3]
-    lin = a[:3, :3] * (ref_shape / size)[None, :]
+    extent = ref_shape * np.array([fov_fraction, fov_fraction, 1.0])
+    lin = a[:3, :3] * (extent / size)[None, :]
     affine = np.eye(4)
     affine[:3, :3] = lin
     affine[:3, 3] = centre - lin @ ((size - 1) / 2.0)

@@ -24,7 +24,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.nets import AutoencoderKL
 from torch import nn
 
-__all__ = ["JointAutoencoderKL"]
+__all__ = ["JointAutoencoderKL", "reconstruct_from_mean"]
 
 
 class JointAutoencoderKL(nn.Module):
@@ -131,3 +131,9 @@ class JointAutoencoderKL(nn.Module):
     def decode_stage_2_outputs(self, z: torch.Tensor) -> torch.Tensor:
         """Latent -> joint output (image channel + label logits)."""
         return self.decode(z)
+
+
+def reconstruct_from_mean(inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
+    """Deterministic reconstruction ``decode(z_mu)`` (validation inferer; unwraps DistributedDataParallel)."""
+    net = network.module if hasattr(network, "module") else network
+    return net.decode(net.encode(inputs)[0])
