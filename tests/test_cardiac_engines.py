@@ -89,3 +89,37 @@ def test_refuse_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="model.pt"):
         refuse_overwrite([f])
     refuse_overwrite([f], overwrite=True)
+
+
+def _write_stage(folder: Path, name: str) -> None:
+    """A one-line bundle config that writes its ``out`` file (and appends its name to a log)."""
+    import json
+
+    cfg = {
+        "out": "",
+        "log": "",
+        "run": [f"$open(@log, 'a').write('{name} ')", "$open(@out, 'w').write('x')"],
+    }
+    (folder / f"{name}.json").write_text(json.dumps(cfg))
+
+
+def test_missing_stage_runner_runs_only_missing_stages_in_order(tmp_path):
+    from tools.engines.stage_runner import MissingStageRunner
+
+    for name in ("a", "b", "c"):
+        _write_stage(tmp_path, name)
+    log = tmp_path / "log.txt"
+    outs = {n: tmp_path / f"{n}.out" for n in ("a", "b", "c")}
+    outs["b"].write_text("exists")  # b already done: skipped
+    stages = [(f"{n}.json", str(outs[n])) for n in ("a", "b", "c")]
+    # each stage writes its own output: pass it per stage through a delta-free override of "out"
+    runner = MissingStageRunner(tmp_path, stages[:1], overrides={"log": str(log), "out": str(outs["a"])})
+    assert runner.run() == ["a.json"]
+    runner = MissingStageRunner(tmp_path, stages[1:2], overrides={"log": str(log), "out": str(outs["b"])})
+    assert runner.run() == []
+    runner = MissingStageRunner(tmp_path, stages[2:], overrides={"log": str(log), "out": str(outs["c"])}, needed=False)
+    assert runner.run() == [] and not outs["c"].exists()
+    assert log.read_text().split() == ["a"]
+    runner = MissingStageRunner(tmp_path, stages[2:], overrides={"log": str(log), "out": str(tmp_path / "other")})
+    with pytest.raises(FileNotFoundError, match="c.out"):
+        runner.run()

@@ -191,3 +191,33 @@ def test_finetune_loads_encoder_weights_and_reinitialises_decoder(tmp_path):
     assert load_encoder_weights(seg, None) is seg  # scratch baseline: no-op
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_encoder_weights(seg, tmp_path / "nope.pt")
+
+
+def test_class_conditioned_unet_from_the_conditional_delta():
+    from tools.networks.class_conditioned_unet import ClassConditionedDiffusionUNet
+
+    for stage in ("train_ldm.json", "generate.json"):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / stage), str(CONFIGS / "conditional.json")])
+        parser.update({"ldm_channels": [8, 8], "ldm_attention_levels": [False, False], "ldm_num_head_channels": [0, 8],
+                       "ldm_norm_groups": 8})
+        net = parser.get_parsed_content("network_def")
+        assert isinstance(net, ClassConditionedDiffusionUNet)
+    cond = parser.get_parsed_content("generator#condition")
+    assert cond.tolist() == [[0, 0, 0]]
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train_ldm.json"), str(CONFIGS / "conditional.json")])
+    add = parser.get_parsed_content("condition_transforms")[0]
+    assert add({"sex": 1, "scan_region": 2, "metal_implant": 0})["conditions"].tolist() == [1, 2, 0]
+    torch.manual_seed(0)
+    for p in net.parameters():  # MONAI zero-initialises the output conv; randomise to see the conditioning
+        p.data.normal_(0, 0.1)
+    x, t = torch.randn(2, 3, 4, 4, 4), torch.tensor([3, 3])
+    a = net(x, t, context=torch.tensor([[0, 1, 0], [0, 1, 0]]))
+    b = net(x, t, context=torch.tensor([[[1, 1, 0]], [[0, 2, 1]]]))  # (B, 1, K) as DiffusionPrepareBatch gives
+    assert not torch.allclose(a, b)
+    emb = net.unet.class_embedding
+    codes = torch.tensor([[1, 2, 1]])
+    torch.testing.assert_close(emb(codes), emb.tables[0](codes[:, 0]) + emb.tables[1](codes[:, 1]) + emb.tables[2](codes[:, 2]))
+    with pytest.raises(ValueError, match="condition 1"):
+        emb(torch.tensor([[0, 3, 0]]))
