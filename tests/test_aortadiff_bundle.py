@@ -91,7 +91,7 @@ def test_inference_and_evaluate_keep_geometry(trained):
     assert rows and {"psnr", "ssim_roi", "dice_lumen", "diam_max_abs_err_mm", "thrombus_area_err_pct"} <= set(rows[0])
     summary = json.loads((ev / "metrics_summary.json").read_text())
     assert summary["n_cases"] == len(datalist["test"]) and summary["mean"]["psnr"] > 0
-    assert "skipped" in summary["lpips"] or summary["lpips"] == "computed"
+    assert summary["lpips"].startswith(("skipped", "computed"))
     assert summary["uncertainty"]["flagged_cases"] == [Path(case["case_id"]).name]  # threshold 0 flags every case
 
 

@@ -152,9 +152,14 @@ class AortaDiffEvaluation:
                     raise FileExistsError(f"output '{t}' already exists; pass --overwrite True to replace it")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         entries = load_datalist(self.datalist, self.split, required_keys=("ncct", "cect", "aorta"))
-        lpips = build_lpips_or_none(self.lpips_net, self.lpips_pretrained)
-        lpips_status = "computed" if lpips is not None else "skipped: torchvision backbone weights not found " \
-            "(run `python tools/download_weights.py`)"
+        if self.lpips_pretrained:
+            lpips = build_lpips_or_none(self.lpips_net, True)
+            lpips_status = f"computed ({self.lpips_net}, ImageNet backbone)" if lpips is not None else \
+                "skipped: torchvision backbone weights not found (run `python tools/download_weights.py`)"
+        else:
+            lpips = None
+            lpips_status = "skipped: lpips_pretrained_backbone is false (a random backbone is no perceptual metric)"
+            logger.warning("LPIPS %s", lpips_status)
         slices, cases = [], []
         for e in entries:
             rows, case = self._case(e, lpips)
@@ -189,8 +194,8 @@ class AortaDiffEvaluation:
                 res = spearmanr(s, vals, nan_policy="omit")
                 unc[f"spearman_{name}"] = {"rho": float(res.statistic), "p": float(res.pvalue)}
         else:
-            unc["spearman"] = ("not computed: needs >= 3 labeled cases with uncertainty.json "
-                               "(run inference with --num_samples > 1)")
+            unc["spearman"] = (f"not computed: needs >= 3 labeled cases with an uncertainty score, have {len(scored)} "
+                               "(scores come from inference with --num_samples > 1)")
         if self.threshold is not None:
             unc["flagged_cases"] = [c["case_id"] for c in cases if c.get("uncertainty_score") is not None
                                     and c["uncertainty_score"] > float(self.threshold)]
