@@ -32,6 +32,7 @@ from tools.data.abdomen_labels import BODY_ID, CLASS_NAMES, ORGAN_IDS
 from tools.engines.output_guard import refuse_overwrite
 from tools.engines.synthesis_figures import save_grid
 from tools.metrics.fid_features import load_fid_feature_network
+from tools.metrics.segmenter_comparison import nanmean_over_slices
 
 __all__ = ["find_checkpoints", "checkpoint_tag", "SynthesisCheckpointEvaluation"]
 
@@ -149,7 +150,7 @@ class SynthesisCheckpointEvaluation:
 
     @staticmethod
     def _dice_values(metric: DiceMetric) -> dict[str, float]:
-        per_class = metric.aggregate()  # (15,) mean over slices, NaN where the organ never appears
+        per_class = nanmean_over_slices(metric.aggregate().cpu().numpy())  # (15,), NaN where the organ never appears
         metric.reset()
         vals = {f"dice_{CLASS_NAMES[i].replace(' ', '_')}": float(per_class[i - 1]) for i in ORGAN_IDS}
         finite = [v for v in vals.values() if np.isfinite(v)]
@@ -175,7 +176,7 @@ class SynthesisCheckpointEvaluation:
         if fid_net is None:
             logger.warning(reason)
         rows: list[dict] = []
-        dice = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+        dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
 
         if seg is not None:  # reference: the segmenter on the real slices
             for batch in self.dataloader:
