@@ -214,3 +214,17 @@ def test_thrombus_area_on_known_ring():
     assert math.isnan(thrombus_area_error_percent(ring, np.zeros_like(ring), spacing))
     assert mean_thrombus_area_error_percent([ring, thinner, ring], [ring, ring, np.zeros_like(ring)], spacing) \
         == pytest.approx(err / 2)
+
+
+def test_evaluation_summary_spearman_and_flags(tmp_path):
+    from tools.engines.aortadiff_evaluation import AortaDiffEvaluation, dice
+
+    assert dice(np.ones((2, 2)), np.zeros((2, 2))) == 0.0 and math.isnan(dice(np.zeros(3), np.zeros(3)))
+    ev = AortaDiffEvaluation(str(tmp_path / "d.json"), str(tmp_path), str(tmp_path), uncertainty_threshold=2.5)
+    cases = [{"case_id": f"c{i}", "labeled": True, "uncertainty_score": float(i), "dice_lumen": 1.0 - 0.1 * i,
+              "diam_max_mae_mm": 4.0 - i} for i in range(4)]  # error rises, diameter MAE falls with the score
+    unc = ev._summary(cases, "skipped")["uncertainty"]
+    assert unc["spearman_dice_lumen_error"]["rho"] == pytest.approx(1.0)
+    assert unc["spearman_diam_max_mae_mm"]["rho"] == pytest.approx(-1.0)
+    assert unc["flagged_cases"] == ["c3"]
+    assert "not computed" in ev._summary(cases[:2], "skipped")["uncertainty"]["spearman"]

@@ -11,6 +11,7 @@ checked against it. Existing files are never replaced unless ``overwrite``.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
+
+logger = logging.getLogger(__name__)
 
 OUTPUTS = {"synthetic_cect": np.float32, "lumen": np.uint8, "thrombus": np.uint8, "pred": np.uint8, "std_hu": np.float32}
 FILE_NAMES = {"synthetic_cect": "synthetic_cect.nii.gz", "lumen": "lumen.nii.gz", "thrombus": "thrombus.nii.gz",
@@ -107,7 +110,12 @@ class WriteAortaDiffOutputsd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
-        ref_path = d[self.ref_key]
+        ref_path = d.get(self.ref_key)
+        if ref_path is None and hasattr(d.get("image"), "meta"):  # e.g. MONAI Label: only the image path is known
+            ref_path = d["image"].meta.get("filename_or_obj")
+        if not ref_path:
+            logger.warning("WriteAortaDiffOutputsd: no input file path (key '%s'); nothing written", self.ref_key)
+            return d
         ref_path = ref_path[0] if isinstance(ref_path, (list, tuple)) else ref_path
         ref = nib.load(str(ref_path))
         case = d.get(self.case_key, Path(str(ref_path)).name.split(".")[0])
