@@ -4,6 +4,7 @@
   ``_target_`` is importable, each ``$`` expression compiles. A delta file (one that does not resolve on
   its own, or has no ``training``/``inference``/``evaluating``/``run`` entry) is checked merged over the
   base configs its ``_comment`` names, else over ``train.json`` / ``inference.json``;
+* ``large_files.yml`` lists ``models/model.pt`` in the format tools/download_weights.py reads;
 * the trainers keep the model-zoo handler ids that ``--tracking mlflow`` patches (docs/tracking.md);
 * ``verify_metadata`` against the offline copy of MONAI's schema in ``../shared/monai_schema/``;
 * ``verify_net_in_out`` on the inference ``network_def`` (bundle's ``small.json`` sizes, small spatial shape);
@@ -134,6 +135,18 @@ def _meta(bundle: str) -> Path:
     if not meta.is_file():
         pytest.fail(f"{meta} is missing (model-zoo bundles need configs/metadata.json)")
     return meta
+
+
+@pytest.mark.parametrize("bundle", _bundle_names())
+def test_large_files_listed(bundle):
+    """large_files.yml in model-zoo format, readable by tools/download_weights.py, listing models/model.pt."""
+    from tools.download_weights import read_large_files
+
+    yml, entries = read_large_files(BUNDLES / bundle)
+    for e in entries:
+        assert e.get("hash_type", "sha256") in ("md5", "sha1", "sha256", "sha512"), f"{yml}: hash_type of {e['path']}"
+        assert str(e["url"]).startswith(("https://", "http://")), f"{yml}: url of {e['path']}"
+    assert "models/model.pt" in {str(e["path"]) for e in entries}, f"{yml} does not list models/model.pt"
 
 
 @pytest.mark.parametrize("bundle", _bundle_names())
