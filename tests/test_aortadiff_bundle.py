@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
     paths = {"dataset_dir": str(root / "phantoms"), "ckpt_dir": str(root / "models"), "output_dir": str(root / "runs")}
     bundle_run("training", config_file=[str(CONFIGS / "train.json")], logging_file=str(CONFIGS / "logging.conf"),
                **TINY, **paths, iterations=2, val_interval=2, batch_size=4, num_workers=0,
-               lpips_pretrained_backbone=False, val_inference_steps=2, val_slices_per_case=2, val_batch_size=2)
+               lpips_pretrained_backbone=False, val_inference_steps=2, val_slices_per_case=1, val_batch_size=1)
     return root, paths
 
 
