@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from monai.data import load_decathlon_datalist
-
 __all__ = ["load_datalist", "write_datalist"]
 
 
@@ -48,17 +46,26 @@ def load_datalist(
         keys = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise ValueError(f"datalist '{path}' has no split '{split}' (found: {keys})")
     base = Path(base_dir) if base_dir is not None else path.parent
-    entries = load_decathlon_datalist(path, is_segmentation=True, data_list_key=split, base_dir=base)
+    entries = content[split]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"datalist '{path}', split '{split}': expected a list of dicts")
+    resolved = []
     for i, entry in enumerate(entries):
         missing = [k for k in required_keys if k not in entry]
         if missing:
             raise ValueError(f"datalist '{path}', split '{split}', entry {i}: missing key(s) {missing}")
+        item = dict(entry)
         for key, value in entry.items():
-            if isinstance(value, str) and _looks_like_file(value) and not Path(value).exists():
-                raise FileNotFoundError(
-                    f"datalist '{path}', split '{split}', entry {i}, key '{key}': file '{value}' does not exist"
-                )
-    return entries
+            if isinstance(value, str) and _looks_like_file(value):
+                file = Path(value).expanduser()
+                file = file if file.is_absolute() else base / file
+                if not file.exists():
+                    raise FileNotFoundError(
+                        f"datalist '{path}', split '{split}', entry {i}, key '{key}': file '{file}' does not exist"
+                    )
+                item[key] = str(file)
+        resolved.append(item)
+    return resolved
 
 
 def write_datalist(splits: dict[str, list[dict]], out: str | Path, overwrite: bool = False) -> Path:
@@ -72,4 +79,5 @@ def write_datalist(splits: dict[str, list[dict]], out: str | Path, overwrite: bo
 
 
 def _looks_like_file(value: str) -> bool:
+    """File-valued entries: image suffixes or anything with a path separator (a DICOM folder); not ids."""
     return value.endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".dcm", ".npy", ".npz")) or "/" in value
