@@ -134,3 +134,36 @@ def test_evaluate_several_checkpoints_with_segmenter_dice(trained, tmp_path):
         assert 0.0 <= float(r["dice_liver"]) <= 1.0
         assert r["fid"] == "nan" or np.isfinite(float(r["fid"]))
     assert (tmp_path / "eval" / "metrics.png").is_file() and (tmp_path / "eval" / "samples_2.png").is_file()
+
+
+def test_segmenter_and_augmentation_report_dice_change(trained, tmp_path):
+    root, common = trained
+    seg_keys = {
+        "segmenter_iterations": 2,
+        "segmenter_val_interval": 2,
+        "segmenter_batch_size": 2,
+        "segmenter_num_val_slices": 2,
+        "conditioning": "edge_guided",
+        **{**common, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "runs")},
+    }
+    (tmp_path / "models").mkdir()
+    for name in ("model.pt",):  # the trained diffusion model that paints the synthetic slices
+        (tmp_path / "models" / name).write_bytes((root / "models" / name).read_bytes())
+    seg_cfg = [str(CONFIGS / "train.json"), str(CONFIGS / "train_segmenter.json")]
+    run("training", config_file=seg_cfg, logging_file=str(CONFIGS / "logging.conf"), **seg_keys)
+    assert "model" in torch.load(tmp_path / "models" / "segmenter.pt", weights_only=True)
+    run(
+        "training",
+        config_file=[*seg_cfg, str(CONFIGS / "augment.json")],
+        logging_file=str(CONFIGS / "logging.conf"),
+        num_synthetic_slices=2,
+        synthetic_num_inference_steps=2,
+        **seg_keys,
+    )
+    assert (tmp_path / "models" / "segmenter_augmented.pt").is_file()
+    assert len(torch.load(tmp_path / "runs" / "synthetic_slices.pt", weights_only=True)) == 2
+    report = json.loads((tmp_path / "runs" / "augment_report.json").read_text())
+    assert set(report["dice"]) == {"real", "real+synthetic"}
+    delta = report["delta_vs_real"]["real+synthetic"]["liver"]
+    d_real, d_aug = report["dice"]["real"]["liver"], report["dice"]["real+synthetic"]["liver"]
+    assert delta == pytest.approx(d_aug - d_real)
