@@ -64,7 +64,7 @@ def main(synthetic_dir: str, datalist: str, segmentations: dict | None = None, o
     case = load_datalist(datalist, split, required_keys=["image", "label"])[case_index]
     segmentations = dict(segmentations or {})
     ncols = max(2 * len(synth), 2 + len(segmentations))
-    fig, axes = plt.subplots(2, ncols, figsize=(2.2 * ncols, 4.8))
+    fig, axes = plt.subplots(2, ncols, figsize=(2.2 * ncols, 5.6))
     for ax in axes.ravel():
         ax.axis("off")
     for i, entry in enumerate(synth):
@@ -76,7 +76,7 @@ def main(synthetic_dir: str, datalist: str, segmentations: dict | None = None, o
     img = _lps(nib.load(case["image"]))
     gt = _lps(nib.load(case["label"]))
     k = _heart_slice(gt)
-    cid = case.get("case_id", Path(case["image"]).parent.name)
+    cid = Path(str(case.get("case_id", Path(case["image"]).parent))).name
     _overlay(axes[1, 0], img[:, :, k], None, f"real {cid}")
     _overlay(axes[1, 1], img[:, :, k], gt[:, :, k], "ground truth")
     for j, (name, folder) in enumerate(segmentations.items()):
@@ -85,7 +85,8 @@ def main(synthetic_dir: str, datalist: str, segmentations: dict | None = None, o
     handles = [matplotlib.patches.Patch(color=plt.get_cmap("tab10", 9)(i), label=n) for i, n in NAMES.items()]
     fig.legend(handles=handles, loc="lower center", ncol=8, fontsize=8, frameon=False)
     fig.suptitle("cardiac_ldm_ssl: generated image+label pairs (top); test case segmentation (bottom)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.94))
+    fig.subplots_adjust(hspace=0.25)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
