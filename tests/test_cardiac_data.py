@@ -42,7 +42,7 @@ def test_augmentation_flip_and_contrast_probabilities():
     aug.set_random_state(seed=0)
     base = torch.arange(6 * 5 * 4, dtype=torch.float32).reshape(1, 6, 5, 4) * 10.0 - 500.0
     label = (torch.arange(6 * 5 * 4).reshape(1, 6, 5, 4) % 9).float()
-    n = 2000
+    n = 1500
     flips = np.zeros((n, 2), bool)
     boosts = np.zeros(n, bool)
     for i in range(n):
