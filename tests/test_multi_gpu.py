@@ -3,8 +3,7 @@
 For each bundle: ``train.json`` (+ variant) + ``small.json`` + ``multi_gpu_train.json`` with a few
 iterations, phantoms made beforehand in tmp_path (both ranks then reuse them). A test delta adds a
 ``finalize`` line writing each rank's iteration count and a checksum of its network weights to
-``rank<r>_done.txt``, and
-makes ``ckpt_dir``/``output_dir`` rank-specific (``..._rank<RANK>``). Checked:
+``rank<r>_done.txt``, and makes ``ckpt_dir``/``output_dir`` rank-specific (``..._rank<RANK>``). Checked:
 
 * both ranks trained: each reported the expected iteration count, and the two weight checksums are
   equal (DistributedDataParallel kept the replicas in sync);
@@ -61,18 +60,6 @@ SPECS = {
 }
 
 
-# failures that come from a bundle config (not from the multi-GPU delta), reported to the bundle owner;
-# the test runs in full again as soon as the config is fixed
-KNOWN_BUNDLE_BUGS = {
-    "aortadiff_cect": [(
-        "show_labels = self.batch_transform(engine.state.batch)[1][self.index]",
-        "aortadiff_cect/configs/train.json validate#handlers TensorBoardImageHandler: batch_transform "
-        "from_engine(['cect']) returns one item but MONAI reads [0] image and [1] label -> IndexError at the end "
-        "of validation (single-process training fails the same way); e.g. from_engine(['ncct', 'cect'])",
-    )],
-}
-
-
 def _merged(files: list[Path]) -> dict:
     from monai.bundle import ConfigParser
 
@@ -118,9 +105,6 @@ def test_torchrun_two_ranks_gloo(bundle, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     log = r.stdout + r.stderr
-    for signature, reason in KNOWN_BUNDLE_BUGS.get(bundle, []):
-        if r.returncode != 0 and signature in log:
-            pytest.xfail(reason)
     assert r.returncode == 0, f"torchrun failed ({r.returncode}):\n{log[-6000:]}"
     done = {}
     for rank in (0, 1):
