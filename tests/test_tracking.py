@@ -10,7 +10,6 @@ project bundle exposes those handler ids lives in tests/test_bundle_checks.py.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -27,7 +27,7 @@ import pytest
 monailabel = pytest.importorskip("monailabel", reason="MONAI Label is not installed: run `make test-label`")
 nib = pytest.importorskip("nibabel")
 
-from tools.monailabel_app import make_app as ma  # noqa: E402
+from tools.monailabel_app import make_app as ma
 
 STARTUP_TIMEOUT_S = 300
 INFER_TIMEOUT_S = 600

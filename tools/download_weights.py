@@ -317,7 +317,10 @@ def fetch(item: WeightFile, mirror: str | None = None, dry_run: bool = False, pr
     if dry_run:
         item.status, item.message = "would-download", f"would download {item.source} -> {item.target}"
         return item
-    from monai.apps.utils import HashCheckError, download_url  # imported here: a dry run stays light
+    from monai.apps.utils import (  # imported here: a dry run stays light
+        HashCheckError,
+        download_url,
+    )
 
     try:
         with warnings.catch_warnings():
