@@ -228,3 +228,32 @@ def test_evaluation_summary_spearman_and_flags(tmp_path):
     assert unc["spearman_diam_max_mae_mm"]["rho"] == pytest.approx(-1.0)
     assert unc["flagged_cases"] == ["c3"]
     assert "not computed" in ev._summary(cases[:2], "skipped")["uncertainty"]["spearman"]
+
+
+def test_iteration_output_is_what_monai_tracking_reads():
+    """One real SupervisedTrainer iteration; MONAI's bundle tracking (--tracking mlflow) reads the loss
+    with its default output_transform, from_engine(['loss'], first=True), which needs a decollated list."""
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+    from monai.bundle import ConfigParser
+    from monai.engines import SupervisedTrainer
+
+    from tools.engines.aortadiff_iteration import AortaDiffIteration, scalar_logs
+
+    torch.manual_seed(0)
+    net = TwoHeadDiffusionUNet(**TINY)
+    weighting = KendallUncertaintyWeighting()
+    batch = {
+        "ncct": torch.rand(2, 1, 16, 16) * 2 - 1, "cect": torch.rand(2, 1, 16, 16) * 2 - 1,
+        "roi": torch.ones(2, 1, 16, 16), "lumen_sdf": torch.rand(2, 1, 16, 16) - 0.5,
+        "labeled": torch.tensor([1.0, 0.0]),
+    }
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=net,
+        optimizer=torch.optim.AdamW(list(net.parameters()) + list(weighting.parameters()), 1e-4), loss_function=None,
+        iteration_update=AortaDiffIteration(DDPMScheduler(num_train_timesteps=1000), weighting, prediction_type="sample"),
+    )
+    trainer.run()
+    read_loss = ConfigParser({"t": DEFAULT_MLFLOW_SETTINGS["configs"]["trainer"]["output_transform"]}).get_parsed_content("t")
+    loss = read_loss(trainer.state.output)
+    assert isinstance(loss, float) and math.isfinite(loss)
+    assert scalar_logs(trainer.state.output)["loss"] == loss

@@ -31,7 +31,10 @@ def scalar_logs(output: Any) -> dict[str, float]:
 
 
 class AortaDiffIteration:
-    """Callable ``(engine, batchdata) -> dict`` for :class:`monai.engines.SupervisedTrainer`.
+    """Callable ``(engine, batchdata) -> [dict]`` for :class:`monai.engines.SupervisedTrainer`.
+
+    The output is a one-item list of scalars, the decollated form MONAI's handlers expect: the bundle
+    tracking option (``--tracking mlflow``) reads it with ``from_engine(['loss'], first=True)``.
 
     Args:
         scheduler: MONAI noise scheduler (``num_train_timesteps``, ``alphas_cumprod``, ``add_noise``).
@@ -56,7 +59,7 @@ class AortaDiffIteration:
         self.use_mask_head = use_mask_head
         self.keys = dict(cond=cond_key, image=image_key, roi=roi_key, sdf=sdf_key, labeled=labeled_key)
 
-    def __call__(self, engine: Any, batchdata: dict) -> dict:
+    def __call__(self, engine: Any, batchdata: dict) -> list[dict]:
         dev = engine.state.device
         x0 = batchdata[self.keys["image"]].to(dev).float()
         cond = batchdata[self.keys["cond"]].to(dev).float()
@@ -101,4 +104,4 @@ class AortaDiffIteration:
             engine.optimizer.step()
         result.update(loss=float(loss.detach()), loss_img=float(loss_img.detach()), loss_mse=float(loss_mse.detach()),
                       loss_lpips=float(loss_lpips.detach()), **self.loss_weighting.weights())
-        return result
+        return [result]
