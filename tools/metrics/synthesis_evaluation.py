@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import json
 import logging
 import re
@@ -34,7 +35,7 @@ from tools.engines.synthesis_figures import save_grid
 from tools.metrics.fid_features import load_fid_feature_network
 from tools.metrics.segmenter_comparison import nanmean_over_slices
 
-__all__ = ["find_checkpoints", "checkpoint_tag", "SynthesisCheckpointEvaluation"]
+__all__ = ["find_checkpoints", "checkpoint_tag", "drop_duplicate_weights", "SynthesisCheckpointEvaluation"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,31 @@ def find_checkpoints(checkpoints: str | Sequence[str]) -> list[str]:
         return (0, int(tag), f) if tag.isdigit() else (1, 0, f)
 
     return sorted(dict.fromkeys(found), key=order)
+
+
+def _weights_fingerprint(path: str) -> str:
+    """Hash of the ``"model"`` weights of a checkpoint (to drop a final model.pt equal to the last periodic one)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    h = hashlib.sha1()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def drop_duplicate_weights(files: Sequence[str]) -> list[str]:
+    """Keep the first of checkpoints whose weights are identical (e.g. model.pt = checkpoint_iteration=150000.pt)."""
+    seen: set[str] = set()
+    kept = []
+    for f in files:
+        fp = _weights_fingerprint(f)
+        if fp in seen:
+            logger.info("evaluate: %s skipped, same weights as an earlier checkpoint", f)
+            continue
+        seen.add(fp)
+        kept.append(f)
+    return kept
 
 
 class SynthesisCheckpointEvaluation:
@@ -165,7 +191,7 @@ class SynthesisCheckpointEvaluation:
 
     # ------------------------------------------------------------------ main
     def run(self) -> list[dict]:
-        files = find_checkpoints(self.checkpoints)
+        files = drop_duplicate_weights(find_checkpoints(self.checkpoints))
         out_csv, out_json = self.output_dir / "metrics.csv", self.output_dir / "metrics.json"
         refuse_overwrite([out_csv, out_json], self.overwrite)
         self.output_dir.mkdir(parents=True, exist_ok=True)
