@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch.distributed as dist
-from monai.handlers import CheckpointSaver, MetricsSaver, StatsHandler, TensorBoardStatsHandler
+from monai.handlers import CheckpointSaver, MetricsSaver, StatsHandler, TensorBoardImageHandler, TensorBoardStatsHandler
 
 __all__ = ["handlers_for_rank"]
 
-_RANK0_ONLY = (StatsHandler, TensorBoardStatsHandler, CheckpointSaver, MetricsSaver)
+_RANK0_ONLY = (StatsHandler, TensorBoardStatsHandler, TensorBoardImageHandler, CheckpointSaver, MetricsSaver)
 
 
 def handlers_for_rank(handlers: Sequence | None) -> list:
