@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test phantoms clean
+.PHONY: venv demo test test-label monailabel phantoms clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
 
+## test-label: a real MONAI Label server on 127.0.0.1 with the bundles (own environment .venv-label, made on first use)
+test-label:
+	bash scripts/test_label.sh
+
+## monailabel: start MONAI Label on 127.0.0.1:$${PORT:-8000} with the bundles under model/ and phantom studies
+monailabel:
+	bash scripts/monailabel.sh
+
 ## phantoms: write 20 AAA phantom cases to ./cache/phantoms/aaa
 phantoms: $(STAMP)
 	$(PY) -m tools.data.phantoms --anatomy aaa --cases 20 --out cache/phantoms/aaa
 
 clean:
-	rm -rf $(VENV) .pytest_cache cache runs eval
+	rm -rf $(VENV) .venv-label .pytest_cache cache runs eval
