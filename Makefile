@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-label monailabel phantoms clean
+.PHONY: venv demo test test-label monailabel figures phantoms clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ test-label:
 ## monailabel: start MONAI Label on 127.0.0.1:$${PORT:-8000} with the bundles under model/ and phantom studies
 monailabel:
 	bash scripts/monailabel.sh
+
+## figures: regenerate docs/ pictures: the phantom gallery, and training curves + sample grids of `make demo`'s run
+figures: $(STAMP)
+	$(PY) -m tools.figures.phantoms_figure --out docs/phantoms.png
+	$(PY) -m tools.figures.training_curves --logdirs "{'small config, 64 px': 'runs/aortadiff_small'}" \
+	  --tags "['loss_mse','loss_mask','s1','val_roi_psnr','val_lumen_thrombus_dice']" --out docs/aortadiff_training_curves.png
+	cp runs/aortadiff_small/eval/bland_altman_diameters.png docs/aortadiff_bland_altman.png
+	cp runs/aortadiff_small/eval/dice_boxplot.png docs/aortadiff_dice_boxplot.png
 
 ## phantoms: write 20 AAA phantom cases to ./cache/phantoms/aaa
 phantoms: $(STAMP)

@@ -1,6 +1,6 @@
 """Tests of the CT phantom generator (`tools.data.phantoms`): HU statistics, masks, geometry, datalist,
 determinism, ensure_phantoms and the CLI. Tiny grids; the 20 x 256^2 x 64 timing lives in
-docs/bench/phantoms.md."""
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
