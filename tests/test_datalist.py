@@ -6,14 +6,16 @@ import json
 
 import pytest
 
-from tools.data.datalist import load_datalist, write_datalist
+from tools.data.datalist import load_datalist
 
 
 def _layout(tmp_path):
     (tmp_path / "aaa_000").mkdir()
     (tmp_path / "aaa_000" / "ncct.nii.gz").write_bytes(b"x")
     entry = {"case_id": "aaa_000", "ncct": "aaa_000/ncct.nii.gz"}
-    return write_datalist({"training": [entry], "validation": []}, tmp_path / "datalist.json")
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": [entry], "validation": []}))
+    return path
 
 
 def test_relative_paths_resolve_and_ids_stay(tmp_path):
@@ -38,13 +40,3 @@ def test_errors_name_file_split_and_key(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json.*not valid JSON"):
         load_datalist(tmp_path / "bad.json")
-
-
-def test_write_refuses_overwrite(tmp_path):
-    dl = _layout(tmp_path)
-    before = dl.read_text()
-    with pytest.raises(FileExistsError, match="overwrite"):
-        write_datalist({"training": []}, dl)
-    assert dl.read_text() == before
-    write_datalist({"training": []}, dl, overwrite=True)
-    assert json.loads(dl.read_text()) == {"training": []}

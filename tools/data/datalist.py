@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
-__all__ = ["load_datalist", "write_datalist"]
+__all__ = ["load_datalist"]
 
 
 def load_datalist(
@@ -66,16 +66,6 @@ def load_datalist(
                 item[key] = str(file)
         resolved.append(item)
     return resolved
-
-
-def write_datalist(splits: dict[str, list[dict]], out: str | Path, overwrite: bool = False) -> Path:
-    """Write ``splits`` as a datalist JSON at ``out``; refuse to replace an existing file unless ``overwrite``."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"datalist '{out}' exists; pass overwrite=True (--overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(splits, indent=2))
-    return out
 
 
 def _looks_like_file(value: str) -> bool:

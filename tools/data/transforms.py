@@ -9,7 +9,7 @@ slices along the last axis. Images are in HU until a window transform rescales t
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
