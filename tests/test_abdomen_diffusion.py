@@ -11,7 +11,7 @@ from scipy.stats import norm
 
 from monai.networks.schedulers import DDPMScheduler
 
-from tools.diffusion.hybrid_loss import HybridDiffusionLoss
+from tools.abdomen.hybrid_loss import HybridDiffusionLoss
 from tools.diffusion.learned_range_sampler import LearnedRangeSampler, spaced_timesteps
 
 T = 1000

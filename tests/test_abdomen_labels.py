@@ -10,7 +10,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from tools.data.abdomen_labels import (
+from tools.abdomen.labels import (
     BODY_ID,
     AddBodyClassd,
     CheckLabelIdsd,
@@ -19,7 +19,7 @@ from tools.data.abdomen_labels import (
 )
 from tools.data.label_maps import TOTALSEG_V2_TO_AMOS, RemapLabelsd
 from tools.data.transforms import BodyMaskd
-from tools.engines.slice_synthesis import check_inference_io
+from tools.abdomen.synthesis_inferer import check_inference_io
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "abdomen_semantic_synthesis"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tools.networks.mask_guided_unet import MaskGuidedUNet, build_semantic_unet, semantic_edge_map
+from tools.abdomen.network import MaskGuidedUNet, build_semantic_unet, semantic_edge_map
 
 K = 17  # background, 15 AMOS organs, body
 KW = dict(channels=(16, 32), attention_levels=(False, True), num_res_blocks=1, norm_num_groups=8, num_head_channels=16)
@@ -52,6 +52,21 @@ def test_edge_map_marks_label_boundaries():
     edge = semantic_edge_map(_onehot(lab))[0, 0]
     assert edge[2, 3] == 1 and edge[1, 3] == 1  # both sides of the boundary
     assert edge[3, 3] == 0 and edge[0, 0] == 0  # interior and far background
+
+
+def test_edge_map_matches_a_hand_computed_4_neighbour_border():
+    lab = torch.zeros(1, 10, 10, dtype=torch.long)
+    lab[:, 2:5, 2:5] = 1
+    lab[:, 2:5, 5:8] = 2
+    edge = semantic_edge_map(_onehot(lab))[0, 0]
+    expected = set()
+    for y in range(10):
+        for x in range(10):
+            for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+                yy, xx = y + dy, x + dx
+                if 0 <= yy < 10 and 0 <= xx < 10 and lab[0, y, x] != lab[0, yy, xx]:
+                    expected.add((y, x))
+    assert {tuple(p) for p in torch.nonzero(edge).tolist()} == expected
 
 
 @pytest.mark.parametrize("guide", ["mask", "edge"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from monai.bundle import run as bundle_run
 
-from tools.engines.aortadiff_inputs import check_aorta_inputs
+from tools.aortadiff.inputs import check_aorta_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "aortadiff_cect" / "configs"

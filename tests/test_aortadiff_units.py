@@ -9,14 +9,14 @@ import pytest
 import torch
 from monai.networks.schedulers import DDPMScheduler
 
-from tools.diffusion.prediction import eps_from_x0, training_target, x0_from_output
-from tools.diffusion.repaint import AortaDDIMInferer, AortaRePaintInferer, count_denoising_calls, repaint_schedule
-from tools.losses.kendall import KendallUncertaintyWeighting
-from tools.losses.labeled_mse import labeled_mse
-from tools.losses.lpips_loss import ROILPIPSLoss, backbone_weights_path
-from tools.metrics.aorta_clinical import (
+from tools.diffusion.schedule import eps_from_x0, training_target, x0_from_output
+from tools.aortadiff.inferers import AortaDDIMInferer, AortaRePaintInferer, count_denoising_calls, repaint_schedule
+from tools.aortadiff.kendall import KendallUncertaintyWeighting
+from tools.aortadiff.labeled_mse import labeled_mse
+from tools.aortadiff.lpips_loss import ROILPIPSLoss, backbone_weights_path
+from tools.aortadiff.clinical_metrics import (
     area_mm2, diameter_mae_mm, lumen_diameters_mm, mean_thrombus_area_error_percent, thrombus_area_error_percent)
-from tools.networks.two_head_unet import TwoHeadDiffusionUNet
+from tools.aortadiff.network import TwoHeadDiffusionUNet
 
 TINY = dict(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1, num_head_channels=8, norm_num_groups=8)
 
@@ -217,7 +217,7 @@ def test_thrombus_area_on_known_ring():
 
 
 def test_evaluation_summary_spearman_and_flags(tmp_path):
-    from tools.engines.aortadiff_evaluation import AortaDiffEvaluation, dice
+    from tools.aortadiff.evaluation import AortaDiffEvaluation, dice
 
     assert dice(np.ones((2, 2)), np.zeros((2, 2))) == 0.0 and math.isnan(dice(np.zeros(3), np.zeros(3)))
     ev = AortaDiffEvaluation(str(tmp_path / "d.json"), str(tmp_path), str(tmp_path), uncertainty_threshold=2.5)
@@ -237,7 +237,7 @@ def test_iteration_output_is_what_monai_tracking_reads():
     from monai.bundle import ConfigParser
     from monai.engines import SupervisedTrainer
 
-    from tools.engines.aortadiff_iteration import AortaDiffIteration, scalar_logs
+    from tools.aortadiff.iteration import AortaDiffIteration, scalar_logs
 
     torch.manual_seed(0)
     net = TwoHeadDiffusionUNet(**TINY)

@@ -1,5 +1,5 @@
 """Cardiac LDM bundle, stage 1: optional patch-adversarial term of the joint VAE
-(tools/engines/vae_adversarial_iteration.py, MONAI PatchDiscriminator + PatchAdversarialLoss)."""
+(tools/cardiac/vae_adversarial_iteration.py, MONAI PatchDiscriminator + PatchAdversarialLoss)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from monai.networks.nets import PatchDiscriminator
 from ignite.engine import Events
 
 from tools.data.phantoms import ensure_phantoms
-from tools.engines.vae_adversarial_iteration import VAEAdversarialIteration, checkpoint_objects
-from tools.losses.joint_vae_loss import JointVAELoss
-from tools.networks.joint_vae import JointAutoencoderKL
+from tools.cardiac.vae_adversarial_iteration import VAEAdversarialIteration, checkpoint_objects
+from tools.cardiac.joint_vae_loss import JointVAELoss
+from tools.cardiac.joint_vae import JointAutoencoderKL
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "cardiac_ldm_ssl" / "configs"
 K = 3  # background + 2 structures keep the test small

@@ -13,7 +13,7 @@ import torch
 from monai.bundle import ConfigParser, run
 
 from tools.data.phantoms import ensure_phantoms
-from tools.engines.latent_scale import load_scale_factor
+from tools.cardiac.latent_scale import load_scale_factor
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "cardiac_ldm_ssl" / "configs"
 SMALL = str(CONFIGS / "small.json")

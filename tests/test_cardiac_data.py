@@ -11,9 +11,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from tools.data.holdout import holdout_split
-from tools.data.label_cleanup import RemoveSmallFragmentsd, remove_small_fragments
-from tools.metrics.structure_dice import TABLE1_ORDER, dice_table, save_dice_table
+from tools.data.splits import holdout_split
+from tools.cardiac.label_cleanup import RemoveSmallFragmentsd, remove_small_fragments
+from tools.cardiac.dice_table import TABLE1_ORDER, dice_table, save_dice_table
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "cardiac_ldm_ssl" / "configs"
 
@@ -34,7 +34,7 @@ def test_augmentation_flip_and_contrast_probabilities():
     # the VAE, LDM and fine-tuning stages use the same scheme with the paper's probabilities
     for config in ("train_autoencoder.json", "train_ldm.json", "train.json"):
         p = _parser(config)
-        assert p["augmentation"]["_target_"] == "tools.data.cardiac_augment.cardiac_augmentations"
+        assert p["augmentation"]["_target_"] == "tools.cardiac.augment.cardiac_augmentations"
         assert (p["flip_prob"], p["contrast_prob"], p["contrast_shift_hu"]) == (0.2, 0.05, 50.0), config
     parser = _parser("train.json", image_size=[6, 5, 4])
     parser["crop_prob"] = 0.0  # isolate flips and contrast (crop tested below)

@@ -9,8 +9,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
-from tools.engines.latent_prepare_batch import LatentDiffusionPrepareBatch
-from tools.engines.latent_scale import LatentScale
+from tools.cardiac.latent_prepare_batch import LatentDiffusionPrepareBatch
+from tools.cardiac.latent_scale import LatentScale
 from tools.engines.output_guard import refuse_overwrite
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "cardiac_ldm_ssl" / "configs"
@@ -104,7 +104,7 @@ def _write_stage(folder: Path, name: str) -> None:
 
 
 def test_missing_stage_runner_runs_only_missing_stages_in_order(tmp_path):
-    from tools.engines.stage_runner import MissingStageRunner
+    from tools.cardiac.stage_runner import MissingStageRunner
 
     for name in ("a", "b", "c"):
         _write_stage(tmp_path, name)

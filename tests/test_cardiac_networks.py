@@ -11,9 +11,9 @@ from monai.inferers import LatentDiffusionInferer
 from monai.networks.nets import BasicUNet, DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler
 
-from tools.engines.encoder_transfer import BASIC_UNET_ENCODER, load_encoder_weights
-from tools.engines.latent_scale import LatentScale, compute_scale_factor, load_scale_factor
-from tools.networks.joint_vae import JointAutoencoderKL
+from tools.cardiac.encoder_transfer import BASIC_UNET_ENCODER, load_encoder_weights
+from tools.cardiac.latent_scale import LatentScale, compute_scale_factor, load_scale_factor
+from tools.cardiac.joint_vae import JointAutoencoderKL
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "cardiac_ldm_ssl" / "configs"
 K = 9  # background + 8 structures
@@ -194,7 +194,7 @@ def test_finetune_loads_encoder_weights_and_reinitialises_decoder(tmp_path):
 
 
 def test_class_conditioned_unet_from_the_conditional_delta():
-    from tools.networks.class_conditioned_unet import ClassConditionedDiffusionUNet
+    from tools.cardiac.class_conditioned_unet import ClassConditionedDiffusionUNet
 
     for stage in ("train_ldm.json", "generate.json"):
         parser = ConfigParser()

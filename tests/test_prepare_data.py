@@ -1,4 +1,4 @@
-"""Tests of the real-data preparation CLIs (tools/data/prepare_aaa.py, prepare_amos.py, prepare_cardiac.py).
+"""Tests of the real-data preparation CLIs (tools/aortadiff/prepare_data.py, prepare_amos.py, prepare_cardiac.py).
 
 Fake data-set layouts are built in tmp_path from real NIfTI files: tiny synthetic arrays with real
 affines, and the real files of ../shared/realdata (the ``realdata`` fixture of conftest.py skips those
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from tools.data.label_maps import MMWHS_TO_HEART, TOTALSEG_V2_TO_AMOS, remap_labels
-from tools.data.prepare_aaa import find_case_files, mask_dice, prepare_aaa
-from tools.data.prepare_amos import prepare_amos
-from tools.data.prepare_cardiac import prepare_cardiac
+from tools.aortadiff.prepare_data import find_case_files, mask_dice, prepare_aaa
+from tools.abdomen.prepare_data import prepare_amos
+from tools.cardiac.prepare_data import prepare_cardiac
 from tools.data.splits import patient_of, split_by_patient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -398,7 +398,7 @@ def test_prepare_amos_bad_arguments(tmp_path):
         [
             sys.executable,
             "-m",
-            "tools.data.prepare_amos",
+            "tools.abdomen.prepare_data",
             "--root",
             str(tmp_path / "missing"),
             "--out",

@@ -1,4 +1,4 @@
-"""Shared CT transforms: windowing, SDF, body mask, edges, contrast boost, slicing, aorta ROI."""
+"""CT transforms: windowing, body mask, slicing (shared); SDF and aorta ROI (AortaDiff); contrast boost (cardiac)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,9 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import ScaleIntensityRanged
 
-from tools.data.transforms import (
-    AortaROId,
-    BodyMaskd,
-    EdgeMapd,
-    ExtractSliced,
-    RandContrastBoostd,
-    RandSliced,
-    SignedDistanced,
-    body_mask,
-    hu_to_unit,
-    label_edges,
-    sdf_decode,
-    sdf_encode,
-    unit_to_hu,
-)
+from tools.aortadiff.transforms import AortaROId, SignedDistanced, sdf_decode, sdf_encode
+from tools.cardiac.augment import RandContrastBoostd
+from tools.data.transforms import BodyMaskd, ExtractSliced, RandSliced, body_mask, hu_to_unit, unit_to_hu
 
 
 def test_window_known_values_and_inverse():
@@ -85,26 +73,6 @@ def test_body_mask_fills_holes_and_drops_table():
     out = BodyMaskd("image")({"image": torch.from_numpy(img[None, :, :, None])})
     assert out["body"].shape == (1, 64, 64, 1)
     np.testing.assert_array_equal(np.asarray(out["body"])[0, :, :, 0], body.astype(np.uint8))
-
-
-def test_edge_map_of_two_labels():
-    lab = np.zeros((10, 10), np.uint8)
-    lab[2:5, 2:5] = 1
-    lab[2:5, 5:8] = 2
-    e = label_edges(lab)
-    assert e[3, 4] == 1 and e[3, 5] == 1  # the 1|2 border, both sides
-    assert e[0, 0] == 0 and e[3, 3] == 0  # far background, inside of label 1
-    # 3x6 block of labels: outside ring (3+3+... ) checked by count: inner borders + outer ring
-    expected = set()
-    for y in range(10):
-        for x in range(10):
-            for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-                yy, xx = y + dy, x + dx
-                if 0 <= yy < 10 and 0 <= xx < 10 and lab[y, x] != lab[yy, xx]:
-                    expected.add((y, x))
-    assert {tuple(p) for p in np.argwhere(e)} == expected
-    out = EdgeMapd("label")({"label": lab[None]})
-    assert out["edge"].shape == (1, 10, 10)
 
 
 def test_contrast_boost_probability_and_threshold():

@@ -1,4 +1,5 @@
-"""Patient-level train/validation/test split and datalist output for the data-preparation CLIs.
+"""Patient-level train/validation/test split and datalist output for the data-preparation CLIs, and the
+seeded validation hold-out that training configs take from a datalist's training entries.
 
 Every preparation script (``prepare_aaa``, ``prepare_amos``, ``prepare_cardiac``) finds its cases in a
 public data set's own layout, then uses this module to
@@ -27,6 +28,7 @@ __all__ = [
     "SPLITS",
     "check_fractions",
     "check_outputs",
+    "holdout_split",
     "patient_of",
     "print_table",
     "run_cli",
@@ -103,6 +105,29 @@ def split_by_patient(
         "training": shuffled[n_test + n_val :],
     }
     return {split: sorted(c for p in chosen[split] for c in groups[p]) for split in SPLITS}
+
+
+def holdout_split(entries: Sequence[dict], fraction: float = 0.1, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Split ``entries`` into (training, validation) with ``max(1, round(fraction * n))`` validation entries.
+
+    Seeded hold-out of cases (not slices), e.g. the cardiac LDM paper's 10% validation split for early
+    stopping. MONAI's ``partition_dataset`` rounds 10% of fewer than 10 cases down to an empty split; this
+    keeps at least one validation case whenever there are two or more cases.
+
+    Raises:
+        ValueError: fewer than two entries, or ``fraction`` outside (0, 1).
+    """
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    entries = list(entries)
+    if len(entries) < 2:
+        raise ValueError(f"need at least 2 training entries to hold out a validation split, got {len(entries)}")
+    n_val = min(len(entries) - 1, max(1, int(round(fraction * len(entries)))))
+    order = np.random.default_rng(seed).permutation(len(entries))
+    val_idx = set(order[:n_val].tolist())
+    train = [e for i, e in enumerate(entries) if i not in val_idx]
+    val = [e for i, e in enumerate(entries) if i in val_idx]
+    return train, val
 
 
 def check_outputs(paths: Iterable[str | Path], inputs: Iterable[str | Path] = (), overwrite: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""CT-specific MONAI dictionary transforms shared by the bundles.
+"""Generic CT transforms shared by the bundles: windowing, body mask, 2D slices from volumes.
 
 Windowing itself is MONAI's ``ScaleIntensityRanged`` (``a_min = level - width / 2``,
 ``a_max = level + width / 2``); :func:`unit_to_hu` maps a windowed prediction back to HU.
@@ -16,7 +16,6 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
-from monai.transforms.utils import distance_transform_edt
 from monai.utils import convert_to_numpy
 from scipy import ndimage
 
@@ -25,16 +24,10 @@ __all__ = [
     "unit_to_hu",
     "body_mask",
     "BodyMaskd",
-    "label_edges",
-    "EdgeMapd",
-    "sdf_encode",
-    "sdf_decode",
-    "SignedDistanced",
-    "RandContrastBoostd",
     "RandSliced",
     "ExtractSliced",
     "slice_entries",
-    "AortaROId",
+    "like",
 ]
 
 
@@ -96,134 +89,7 @@ class BodyMaskd(MapTransform):
             img = d[key]
             arr = convert_to_numpy(img)
             mask = np.stack([body_mask(c, self.threshold_hu, self.closing_iterations) for c in arr]).astype(np.uint8)
-            d[self.output_key] = _like(img, mask)
-        return d
-
-
-# --------------------------------------------------------------------------- edge map
-def label_edges(label: np.ndarray) -> np.ndarray:
-    """Semantic edge map of a label map ``(H, W[, D])``: 1 where a voxel's label differs from a face neighbour's.
-
-    Both sides of a boundary are marked (a 2-voxel-wide line), background-to-organ boundaries included.
-    """
-    lab = np.asarray(label)
-    edge = np.zeros(lab.shape, dtype=bool)
-    for axis in range(lab.ndim):
-        diff = np.diff(lab, axis=axis) != 0
-        lo = [slice(None)] * lab.ndim
-        hi = [slice(None)] * lab.ndim
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        edge[tuple(lo)] |= diff
-        edge[tuple(hi)] |= diff
-    return edge.astype(np.uint8)
-
-
-class EdgeMapd(MapTransform):
-    """Add ``output_key``: the semantic edge map of the label map in ``keys`` (channel first, per channel)."""
-
-    def __init__(self, keys: KeysCollection, output_key: str = "edge", allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.output_key = output_key
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            arr = convert_to_numpy(d[key])
-            d[self.output_key] = _like(d[key], np.stack([label_edges(c) for c in arr]).astype(np.float32))
-        return d
-
-
-# --------------------------------------------------------------------------- signed distance field
-def sdf_encode(mask: np.ndarray | torch.Tensor, spacing: Sequence[float] | None = None) -> np.ndarray:
-    """Normalised signed distance field of a binary mask ``(C, *spatial)``, per channel.
-
-    ``sdf = d_out / max(d_out) - d_in / max(d_in)``, where ``d_in`` is each inside voxel's Euclidean
-    distance to the nearest outside voxel and ``d_out`` each outside voxel's distance to the nearest
-    inside voxel (in mm when ``spacing`` is given, voxels otherwise). Inside is negative, outside
-    positive, values in [-1, 1]; every inside voxel is < 0 and every outside voxel > 0, so
-    :func:`sdf_decode` recovers the mask exactly. An empty channel gives +1 everywhere, a full one -1.
-    """
-    m = convert_to_numpy(mask).astype(bool)
-    out = np.empty(m.shape, dtype=np.float32)
-    for c in range(m.shape[0]):
-        inside = m[c]
-        if not inside.any():
-            out[c] = 1.0
-            continue
-        if inside.all():
-            out[c] = -1.0
-            continue
-        d_in = distance_transform_edt(inside[None].astype(np.uint8), sampling=spacing)[0]
-        d_out = distance_transform_edt((~inside)[None].astype(np.uint8), sampling=spacing)[0]
-        out[c] = d_out / d_out.max() - d_in / d_in.max()
-    return out
-
-
-def sdf_decode(sdf):
-    """Binary mask (same type as the input, uint8 / float) from a signed distance field: ``sdf < 0``."""
-    if isinstance(sdf, torch.Tensor):
-        return (sdf < 0).to(torch.float32)
-    return (np.asarray(sdf) < 0).astype(np.uint8)
-
-
-class SignedDistanced(MapTransform):
-    """Encode binary masks in ``keys`` as normalised SDFs (see :func:`sdf_encode`).
-
-    ``per_slice=True`` encodes each axial slice (last axis) of a volume separately, as a 2D model sees it.
-    The result replaces the key, or goes to ``output_key`` (one key only) when given.
-    """
-
-    def __init__(self, keys: KeysCollection, output_key: str | None = None, per_slice: bool = False,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if output_key is not None and len(self.keys) != 1:
-            raise ValueError("SignedDistanced: output_key needs exactly one input key")
-        self.output_key = output_key
-        self.per_slice = per_slice
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            arr = convert_to_numpy(d[key])
-            if self.per_slice and arr.ndim == 4:
-                sdf = np.stack([sdf_encode(arr[..., k]) for k in range(arr.shape[-1])], -1)
-            else:
-                sdf = sdf_encode(arr)
-            d[self.output_key or key] = _like(d[key], sdf)
-        return d
-
-
-# --------------------------------------------------------------------------- contrast boost
-class RandContrastBoostd(Randomizable, MapTransform):
-    """With probability ``prob`` add ``shift_hu`` to the CT in ``keys`` (HU, before windowing).
-
-    With ``threshold_hu`` set, only voxels above it (the contrast-enhanced blood pool) are shifted;
-    otherwise the whole image is. The cardiac LDM paper uses +50 HU with p = 0.05.
-    """
-
-    def __init__(self, keys: KeysCollection, shift_hu: float = 50.0, prob: float = 0.05,
-                 threshold_hu: float | None = None, allow_missing_keys: bool = False) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        self.shift_hu = shift_hu
-        self.prob = prob
-        self.threshold_hu = threshold_hu
-        self._do = False
-
-    def randomize(self, data=None) -> None:
-        self._do = self.R.random_sample() < self.prob
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        self.randomize()
-        if not self._do:
-            return d
-        for key in self.key_iterator(d):
-            img = d[key]
-            if self.threshold_hu is None:
-                d[key] = img + self.shift_hu
-            else:
-                d[key] = img + self.shift_hu * (img > self.threshold_hu)
+            d[self.output_key] = like(img, mask)
         return d
 
 
@@ -355,35 +221,8 @@ def slice_entries(entries: Sequence[dict], mask_key: str | None = None, axis: in
     return out
 
 
-# --------------------------------------------------------------------------- aorta ROI
-class AortaROId(MapTransform):
-    """Add ``output_key``: the aorta-centred region of interest, the aorta mask dilated by ``margin`` pixels.
-
-    Dilation is in-plane (per axial slice) with a disk, so that a 2D model's ROI matches what a 3D volume
-    gives slice by slice. ``margin=0`` returns the aorta mask itself.
-    """
-
-    def __init__(self, keys: KeysCollection, output_key: str = "roi", margin: int = 5,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.output_key = output_key
-        self.margin = int(margin)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            m = convert_to_numpy(d[key]) > 0
-            if self.margin > 0:
-                r = self.margin
-                yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-                disk = (yy**2 + xx**2) <= r * r
-                struct = disk.reshape(disk.shape + (1,) * (m.ndim - 3))
-                m = np.stack([ndimage.binary_dilation(c, structure=struct) for c in m])
-            d[self.output_key] = _like(d[key], m.astype(np.float32))
-        return d
-
-
-def _like(ref, arr: np.ndarray):
+# --------------------------------------------------------------------------- helpers
+def like(ref, arr: np.ndarray):
     """Wrap ``arr`` like ``ref``: a MetaTensor with ``ref``'s metadata, or a plain tensor/array."""
     if isinstance(ref, MetaTensor):
         meta = {k: v for k, v in ref.meta.items() if k != "affine"}

@@ -29,7 +29,7 @@ from monai.inferers import Inferer
 from monai.networks.schedulers import Scheduler
 from monai.utils import convert_to_tensor, optional_import
 
-from tools.diffusion.hybrid_loss import ScheduleTerms
+from tools.abdomen.hybrid_loss import ScheduleTerms
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 

@@ -1,35 +1,45 @@
-"""Batch preparation for mask-conditioned diffusion: training with the hybrid loss, and sampling."""
+"""Batch preparation for conditional diffusion in MONAI engines: training and sampling.
+
+Training (:class:`DiffusionTargetPrepareBatch`) follows MONAI's ``DiffusionPrepareBatch`` (noise, then
+timesteps, drawn in that order) with the conditioning concatenated to the noisy image by MONAI's
+``DiffusionInferer(mode="concat")``; the loss target is a dict, because a diffusion loss that is more
+than ``MSE(eps_hat, eps)`` needs the clean image, the noise, the timesteps and, for some methods, other
+batch entries (an ROI, a signed distance field, a labeled flag). Sampling (:class:`ConditionPrepareBatch`)
+hands the conditioning to a sampler ``Inferer`` as its input.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-
 from monai.engines import DiffusionPrepareBatch
 from monai.utils import convert_to_tensor
 
+__all__ = ["DiffusionTargetPrepareBatch", "ConditionPrepareBatch"]
 
-class HybridPrepareBatch(DiffusionPrepareBatch):
-    """MONAI ``DiffusionPrepareBatch`` whose target carries what the hybrid loss needs.
 
-    Returns ``(images, target, (), kwargs)`` for ``SupervisedTrainer``:
-    ``images`` (N, C, H, W) are the clean images x_0; ``target`` is the dict
-    ``{"x_start": images, "noise": noise, "timesteps": t}`` consumed by
-    :class:`tools.diffusion.hybrid_loss.HybridDiffusionLoss`; ``kwargs`` holds ``noise``, ``timesteps``,
-    ``condition`` (batch[condition_name]) and ``mode="concat"`` for MONAI's ``DiffusionInferer``, which adds the
-    noise and calls the network on ``cat([x_t, condition], 1)``.
+class DiffusionTargetPrepareBatch(DiffusionPrepareBatch):
+    """``DiffusionPrepareBatch`` whose loss target is ``{"x_start", "noise", "timesteps", *target_keys}``.
+
+    Returns ``(images, target, (), kwargs)`` for ``SupervisedTrainer``: ``images`` (N, C, *spatial) are the
+    clean images x_0 (``batch[image_key]``); ``kwargs`` holds ``noise``, ``timesteps``, ``condition``
+    (``batch[condition_name]``, (N, K, *spatial)) and ``mode="concat"`` for MONAI's ``DiffusionInferer``,
+    which noises the images and calls the network on ``cat([x_t, condition], 1)``.
 
     Args:
         num_train_timesteps: T of the forward process (t is drawn uniformly from 0..T-1).
-        condition_name: batch key of the conditioning tensor (one-hot label map, (N, K, H, W)).
+        condition_name: batch key of the conditioning tensor.
         image_key: batch key of the clean image.
+        target_keys: further batch keys copied into the target dict (as float tensors on ``device``).
     """
 
-    def __init__(self, num_train_timesteps: int, condition_name: str = "label", image_key: str = "image") -> None:
+    def __init__(self, num_train_timesteps: int, condition_name: str = "label", image_key: str = "image",
+                 target_keys: Sequence[str] = ()) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, condition_name=condition_name)
         self.image_key = image_key
+        self.target_keys = tuple(target_keys)
 
     def __call__(
         self,
@@ -38,16 +48,21 @@ class HybridPrepareBatch(DiffusionPrepareBatch):
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple, dict]:
-        if not isinstance(batchdata, Mapping) or self.image_key not in batchdata or self.condition_name not in batchdata:
-            raise ValueError(
-                f"HybridPrepareBatch expects a dict batch with keys '{self.image_key}' and '{self.condition_name}', "
-                f"got {list(batchdata) if isinstance(batchdata, Mapping) else type(batchdata)}."
-            )
-        images = convert_to_tensor(batchdata[self.image_key], track_meta=False).to(device, non_blocking=non_blocking, **kwargs)
-        condition = convert_to_tensor(batchdata[self.condition_name], track_meta=False).to(device, non_blocking=non_blocking, **kwargs)
+        needed = (self.image_key, self.condition_name, *self.target_keys)
+        if not isinstance(batchdata, Mapping) or any(k not in batchdata for k in needed):
+            found = list(batchdata) if isinstance(batchdata, Mapping) else type(batchdata).__name__
+            raise ValueError(f"{type(self).__name__} expects a dict batch with keys {list(needed)}, got {found}.")
+
+        def get(key: str) -> torch.Tensor:
+            value = convert_to_tensor(batchdata[key], track_meta=False)
+            return value.to(device, non_blocking=non_blocking, **kwargs)
+
+        images = get(self.image_key)
+        condition = get(self.condition_name)
         noise = self.get_noise(images).to(device, non_blocking=non_blocking, **kwargs)
         timesteps = self.get_timesteps(images).to(device, non_blocking=non_blocking, **kwargs)
         target = {"x_start": images, "noise": noise, "timesteps": timesteps}
+        target.update({k: get(k).float() for k in self.target_keys})
         infer_kwargs = {"noise": noise, "timesteps": timesteps, "condition": condition.to(images.dtype), "mode": "concat"}
         return images, target, (), infer_kwargs
 

@@ -3,7 +3,7 @@
 Each pair is drawn with MONAI's ``LatentDiffusionInferer.sample`` (DDIM by default): noise in the latent
 space -> denoised latent -> divided by the stored scale factor -> joint decoder output. Channel 0 is the
 image (windowed units, written back in HU), channels 1.. are the label logits; the label is their argmax
-with small disconnected fragments of every structure removed (:mod:`tools.data.label_cleanup`).
+with small disconnected fragments of every structure removed (:mod:`tools.cardiac.label_cleanup`).
 Volumes are written as NIfTI with a realistic affine (the RAS geometry of a reference training volume
 resized to the model grid) and listed in a Decathlon-style datalist under ``"training"``.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tools.data.label_cleanup import remove_small_fragments
+from tools.cardiac.label_cleanup import remove_small_fragments
 from tools.data.transforms import unit_to_hu
 
 __all__ = ["resized_ras_affine", "SyntheticPairGenerator"]
@@ -62,7 +62,7 @@ class SyntheticPairGenerator:
     """Sample ``num_samples`` image/label pairs and write NIfTI files plus ``datalist.json``.
 
     Args:
-        autoencoder: trained :class:`tools.networks.joint_vae.JointAutoencoderKL`.
+        autoencoder: trained :class:`tools.cardiac.joint_vae.JointAutoencoderKL`.
         diffusion_model: trained latent ``DiffusionModelUNet``.
         inferer: ``LatentDiffusionInferer`` built with the checkpoint's scale factor.
         scheduler: sampling scheduler (e.g. ``DDIMScheduler`` with ``set_timesteps`` applied).

@@ -14,7 +14,7 @@ class LabeledFlagd(MapTransform):
     """Add ``flag_key`` = 1.0 when the label ``keys`` (e.g. ``lumen``) are present, else 0.0, and fill a
     missing label with zeros shaped like ``ref_key`` so that labeled and unlabeled samples collate together.
 
-    The loss must use the flag (see :func:`tools.losses.labeled_mse.labeled_mse`): the zero placeholder is
+    The loss must use the flag (see :func:`tools.aortadiff.labeled_mse.labeled_mse`): the zero placeholder is
     never a training target.
     """
 

@@ -149,7 +149,7 @@ class HybridDiffusionLoss(nn.Module):
         model_output: network output (N, 2C, H, W): eps prediction then variance value v.
         target: dict with ``"x_start"`` (N, C, H, W) clean image in [-1, 1], ``"noise"`` (N, C, H, W) and
             ``"timesteps"`` (N,) long, as produced by
-            :class:`tools.diffusion.hybrid_loss.HybridPrepareBatch`.
+            :class:`tools.engines.diffusion_batch.DiffusionTargetPrepareBatch`.
 
     Returns:
         (N,) per-sample loss (the trainer takes the mean). The last parts are kept in

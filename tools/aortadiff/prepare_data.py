@@ -19,7 +19,7 @@ lists every case, kept or dropped, with the reason.
 
 Usage::
 
-    python -m tools.data.prepare_aaa --root DIR --out DIR/datalist.json \
+    python -m tools.aortadiff.prepare_data --root DIR --out DIR/datalist.json \
         [--cect_aorta_pattern "*cect*aorta*.nii.gz" --min_dice 0.8 --val_fraction 0.2 --test_fraction 0.1 --seed 0]
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.data.prep_io import check_same_grid, load_array, load_nifti
+from tools.data.nifti_io import check_same_grid, load_array, load_nifti
 from tools.data.splits import check_fractions, check_outputs, print_table, run_cli, split_by_patient, write_prepared
 
 __all__ = ["find_case_files", "mask_dice", "prepare_aaa"]

@@ -27,7 +27,7 @@ Masks are merged in heart-id order (a later id wins where masks overlap; overlap
 
 Usage::
 
-    python -m tools.data.prepare_cardiac --root /data/mmwhs --out /data/mmwhs/datalist.json --layout mmwhs
+    python -m tools.cardiac.prepare_data --root /data/mmwhs --out /data/mmwhs/datalist.json --layout mmwhs
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from tools.data.label_maps import (
     TOTALSEG_HEARTCHAMBERS_TO_HEART,
     remap_labels,
 )
-from tools.data.prep_io import (
+from tools.data.nifti_io import (
     check_same_grid,
     id_counts,
     load_array,

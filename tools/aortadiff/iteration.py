@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tools.diffusion.prediction import training_target, x0_from_output
-from tools.losses.labeled_mse import labeled_mse
+from tools.diffusion.schedule import training_target, x0_from_output
+from tools.aortadiff.labeled_mse import labeled_mse
 
 SCALAR_KEYS = ("loss", "loss_img", "loss_mse", "loss_lpips", "loss_mask", "s1", "s2", "w_img", "w_mask", "n_labeled")
 
@@ -38,10 +38,10 @@ class AortaDiffIteration:
 
     Args:
         scheduler: MONAI noise scheduler (``num_train_timesteps``, ``alphas_cumprod``, ``add_noise``).
-        loss_weighting: :class:`tools.losses.kendall.KendallUncertaintyWeighting` (its parameters must be in
+        loss_weighting: :class:`tools.aortadiff.kendall.KendallUncertaintyWeighting` (its parameters must be in
             the engine's optimiser when learnable).
         prediction_type: "epsilon" | "sample" | "v_prediction" (AortaDiff: "sample").
-        lpips_loss: :class:`tools.losses.lpips_loss.ROILPIPSLoss` or None; lpips_weight its weight.
+        lpips_loss: :class:`tools.aortadiff.lpips_loss.ROILPIPSLoss` or None; lpips_weight its weight.
         image_mse_weight: weight of the MSE on the image-head target.
         use_mask_head: False for the synthesis-only CDM baseline (image loss only).
     """

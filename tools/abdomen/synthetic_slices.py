@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from tools.data.abdomen_labels import BODY_ID
+from tools.abdomen.labels import BODY_ID
 
 __all__ = ["SyntheticSlicePairs"]
 

@@ -2,7 +2,7 @@
 
 Reads the per-case, per-structure Dice that MONAI's ``MeanDice`` handler keeps in
 ``engine.state.metric_details[metric_name]`` (``save_details=True``, background excluded) and writes
-CSV/JSON/PNG through :func:`tools.metrics.structure_dice.save_dice_table`.
+CSV/JSON/PNG through :func:`tools.cardiac.dice_table.save_dice_table`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from tools.metrics.structure_dice import CARDIAC_STRUCTURES, TABLE1_ORDER, dice_table, save_dice_table
+from tools.cardiac.dice_table import CARDIAC_STRUCTURES, TABLE1_ORDER, dice_table, save_dice_table
 
 __all__ = ["DiceTableHandler"]
 

@@ -4,7 +4,7 @@ Top row: generated image + label pairs (``generate.json`` output), the image and
 axial slice with the most heart voxels. Bottom row: one real test case, its ground truth and the
 segmentations written by ``inference.json`` for each model given.
 
-    python -m tools.figures.cardiac_figure --synthetic_dir runs/cardiac_ldm_ssl/synthetic \
+    python -m tools.cardiac.figure --synthetic_dir runs/cardiac_ldm_ssl/synthetic \
         --datalist cache/phantoms/heart/datalist.json \
         --segmentations "{'LDM+SSL': 'runs/seg_ldm_ssl', 'scratch': 'runs/seg_scratch'}" --out docs/cardiac_sample.png
 

@@ -16,7 +16,7 @@ import torch
 from monai.engines.utils import DiffusionPrepareBatch
 from torch import nn
 
-from tools.engines.latent_scale import LatentScale
+from tools.cardiac.latent_scale import LatentScale
 
 __all__ = ["LatentDiffusionPrepareBatch"]
 

@@ -1,7 +1,7 @@
 """Decode the aorta inferers' 3-channel output into AortaDiff's products (a MONAI dictionary transform).
 
 Input ``pred``: (3, H, W[, D]) = synthetic CECT in [-1, 1], lumen SDF, per-pixel image std (window units)
-(see :mod:`tools.diffusion.repaint`). Outputs (same grid, channel first):
+(see :mod:`tools.aortadiff.inferers`). Outputs (same grid, channel first):
 
 - ``synthetic_cect``: HU; inside the ROI the generated image mapped back from the window, outside it the
   input NCCT in HU (``ncct_key``) exactly, i.e. ``x0 * roi + ncct * (1 - roi)`` in HU.

@@ -29,6 +29,12 @@ def _coeffs(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, ndim: int, re
     return abar.sqrt().to(ref.dtype), (1.0 - abar).sqrt().to(ref.dtype)
 
 
+def q_sample(x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Forward noising ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``. x0, noise: (B, C, *spatial); timesteps: (B,)."""
+    a, s = _coeffs(alphas_cumprod, timesteps, x0.ndim, x0)
+    return a * x0 + s * noise
+
+
 def training_target(
     prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor
 ) -> torch.Tensor:

@@ -6,7 +6,7 @@ the same decoder features as the *mask head*. The network input is the noisy CEC
 concatenated with the conditioning NCCT slice along the channel axis.
 
 Output: one tensor (B, 1 + mask_channels, H, W): channel 0 is the image-head output (interpreted
-according to ``prediction_type``: eps, x0 or v; see :mod:`tools.diffusion.prediction`), channel 1 the
+according to ``prediction_type``: eps, x0 or v; see :mod:`tools.diffusion.schedule`), channel 1 the
 normalised lumen signed distance field (negative inside, in [-1, 1] via tanh when
 ``sdf_activation="tanh"``). With ``mask_head=False`` (the synthesis-only CDM baseline) the output has
 the image channel only. A single tensor output keeps the net traceable and usable by MONAI inferers.
@@ -20,9 +20,8 @@ from collections.abc import Sequence
 import torch
 from monai.networks.blocks import Convolution
 from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers.ddpm import DDPMPredictionType
 from torch import nn
-
-from tools.diffusion.prediction import PREDICTION_TYPES
 
 
 class TwoHeadDiffusionUNet(nn.Module):
@@ -57,8 +56,9 @@ class TwoHeadDiffusionUNet(nn.Module):
         use_flash_attention: bool = False,
     ) -> None:
         super().__init__()
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if prediction_type not in DDPMPredictionType.__members__.values():
+            types = [p.value for p in DDPMPredictionType]
+            raise ValueError(f"prediction_type must be one of {types}, got {prediction_type!r}")
         if sdf_activation not in ("tanh", "none"):
             raise ValueError(f"sdf_activation must be 'tanh' or 'none', got {sdf_activation!r}")
         self.prediction_type = prediction_type

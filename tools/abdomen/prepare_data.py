@@ -17,7 +17,7 @@ inputs are never modified. The table is ``tools.data.label_maps.TOTALSEG_V2_TO_A
 
 Usage::
 
-    python -m tools.data.prepare_amos --root /data/amos22 --out /data/amos22/datalist.json [--num_test 50 --seed 0]
+    python -m tools.abdomen.prepare_data --root /data/amos22 --out /data/amos22/datalist.json [--num_test 50 --seed 0]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tools.data.label_maps import AMOS_LABELS, TOTALSEG_V2_TO_AMOS, remap_labels
-from tools.data.prep_io import case_name, check_same_grid, load_labels, load_nifti, present_ids, save_label_like
+from tools.data.nifti_io import case_name, check_same_grid, load_labels, load_nifti, present_ids, save_label_like
 from tools.data.splits import check_fractions, check_outputs, print_table, run_cli, split_by_patient, write_prepared
 
 __all__ = ["AMOS_FILE", "MAX_CT_ID", "prepare_amos"]

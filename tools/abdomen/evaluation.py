@@ -2,7 +2,7 @@
 
 For every checkpoint, synthetic slices are sampled for the evaluation label maps and compared with the
 real slices: PSNR and SSIM (MONAI ``PSNRMetric`` / ``SSIMMetric`` on [0, 1]), FID (MONAI ``FIDMetric`` on
-the features of a local ImageNet network, :mod:`tools.metrics.fid_features`; skipped with a logged
+the features of a local ImageNet network, :mod:`tools.abdomen.fid_features`; skipped with a logged
 reason when its weights are absent) and the per-organ Dice of a downstream 2D segmenter (trained by the
 bundle's ``train_segmenter.json``) applied to the synthetic slices against the conditioning organ mask
 (skipped with a logged reason when the segmenter checkpoint is absent). The segmenter's Dice on the real
@@ -29,11 +29,11 @@ import torch.nn.functional as F
 
 from monai.metrics import DiceMetric, FIDMetric, PSNRMetric, SSIMMetric
 
-from tools.data.abdomen_labels import BODY_ID, CLASS_NAMES, ORGAN_IDS
+from tools.abdomen.labels import BODY_ID, CLASS_NAMES, ORGAN_IDS
 from tools.engines.output_guard import refuse_overwrite
-from tools.engines.synthesis_figures import save_grid
-from tools.metrics.fid_features import load_fid_feature_network
-from tools.metrics.segmenter_comparison import nanmean_over_slices
+from tools.abdomen.figures import save_grid
+from tools.abdomen.fid_features import load_fid_feature_network
+from tools.abdomen.segmenter_comparison import nanmean_over_slices
 
 __all__ = ["find_checkpoints", "checkpoint_tag", "drop_duplicate_weights", "SynthesisCheckpointEvaluation"]
 
@@ -110,7 +110,7 @@ class SynthesisCheckpointEvaluation:
         device: torch device.
         segmenter: optional 2D segmentation network (1 -> 16 channels: background + 15 organs).
         segmenter_checkpoint: its weights (``"model"`` entry); Dice is skipped when the file is absent.
-        fid_network: name in :data:`tools.metrics.fid_features.FID_NETWORKS`, or None to skip FID.
+        fid_network: name in :data:`tools.abdomen.fid_features.FID_NETWORKS`, or None to skip FID.
         num_grid_slices: rows of the sample figure.
         a_min, a_max: HU window of the model range (for the figures only).
         overwrite: replace existing ``metrics.csv`` / ``metrics.json``.

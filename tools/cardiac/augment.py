@@ -2,8 +2,8 @@
 
 Applied to HU volumes (before windowing) that already have the training size ``image_size``:
 
-1. contrast boost: +``contrast_shift_hu`` HU (50) with probability ``contrast_prob`` (0.05), the shared
-   :class:`tools.data.transforms.RandContrastBoostd` (image only);
+1. contrast boost: +``contrast_shift_hu`` HU (50) with probability ``contrast_prob`` (0.05), :class:`RandContrastBoostd`
+   (image only);
 2. random-location centre crop resized back to the full in-plane size: with probability ``crop_prob`` an
    in-plane crop of ``crop_min_fraction``..1 of the width/height at a random position (all slices kept),
    resized back to ``image_size`` (image trilinear, label nearest);
@@ -12,13 +12,45 @@ Applied to HU volumes (before windowing) that already have the training size ``i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
-from monai.transforms import Compose, Identityd, OneOf, RandFlipd, RandScaleCropd, Resized
+import torch
+from monai.config import KeysCollection
+from monai.transforms import Compose, Identityd, MapTransform, OneOf, Randomizable, RandFlipd, RandScaleCropd, Resized
 
-from tools.data.transforms import RandContrastBoostd
+__all__ = ["RandContrastBoostd", "cardiac_augmentations"]
 
-__all__ = ["cardiac_augmentations"]
+
+class RandContrastBoostd(Randomizable, MapTransform):
+    """With probability ``prob`` add ``shift_hu`` to the CT in ``keys`` (HU, before windowing).
+
+    With ``threshold_hu`` set, only voxels above it (the contrast-enhanced blood pool) are shifted;
+    otherwise the whole image is. The cardiac LDM paper uses +50 HU with p = 0.05.
+    """
+
+    def __init__(self, keys: KeysCollection, shift_hu: float = 50.0, prob: float = 0.05,
+                 threshold_hu: float | None = None, allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.shift_hu = shift_hu
+        self.prob = prob
+        self.threshold_hu = threshold_hu
+        self._do = False
+
+    def randomize(self, data=None) -> None:
+        self._do = self.R.random_sample() < self.prob
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        self.randomize()
+        if not self._do:
+            return d
+        for key in self.key_iterator(d):
+            img = d[key]
+            if self.threshold_hu is None:
+                d[key] = img + self.shift_hu
+            else:
+                d[key] = img + self.shift_hu * (img > self.threshold_hu)
+        return d
 
 
 def cardiac_augmentations(

@@ -30,7 +30,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from tqdm.auto import tqdm
 
-from tools.diffusion.prediction import eps_from_x0, x0_from_output
+from tools.diffusion.schedule import eps_from_x0, x0_from_output
 
 
 def repaint_schedule(num_steps: int, jump_length: int = 10, jump_n_sample: int = 2) -> list[int]:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from monai.metrics import DiceMetric
 
-from tools.data.abdomen_labels import CLASS_NAMES, ORGAN_IDS
+from tools.abdomen.labels import CLASS_NAMES, ORGAN_IDS
 from tools.engines.output_guard import refuse_overwrite
 
 __all__ = ["nanmean_over_slices", "compare_segmenters"]

@@ -8,7 +8,7 @@ the datalist's ``cect``, ``aorta`` and (when present) ``lumen``:
 - LPIPS inside the ROI when the torchvision backbone weights are present (else skipped, reason logged);
 - Dice of lumen and of thrombus (thrombus = aorta - lumen), per slice and per case (3D);
 - lumen max (Feret) and minor-axis diameters in mm, diameter MAE, thrombus area error in %
-  (:mod:`tools.metrics.aorta_clinical`);
+  (:mod:`tools.aortadiff.clinical_metrics`);
 - with ``uncertainty.json`` from inference (``num_samples`` > 1): Spearman correlation between the per-case
   uncertainty score and the case's lumen Dice error (1 - Dice) and diameter MAE; cases whose score exceeds
   ``uncertainty_threshold`` are flagged.
@@ -33,11 +33,12 @@ import torch
 from monai.metrics import PSNRMetric, SSIMMetric
 
 from tools.data.datalist import load_datalist
-from tools.data.transforms import AortaROId, hu_to_unit
-from tools.engines.aortadiff_plots import bland_altman_png, dice_boxplot_png
-from tools.engines.aortadiff_writer import FILE_NAMES, preview_png
-from tools.losses.lpips_loss import build_lpips_or_none
-from tools.metrics.aorta_clinical import area_mm2, lumen_diameters_mm, thrombus_area_error_percent
+from tools.aortadiff.transforms import AortaROId
+from tools.data.transforms import hu_to_unit
+from tools.aortadiff.plots import bland_altman_png, dice_boxplot_png
+from tools.aortadiff.writer import FILE_NAMES, preview_png
+from tools.aortadiff.lpips_loss import build_lpips_or_none
+from tools.aortadiff.clinical_metrics import area_mm2, lumen_diameters_mm, thrombus_area_error_percent
 from tools.metrics.roi_image_quality import roi_psnr, roi_ssim
 
 logger = logging.getLogger(__name__)

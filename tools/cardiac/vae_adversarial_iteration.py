@@ -11,7 +11,7 @@ An ``iteration_update`` for MONAI's ``SupervisedTrainer`` that alternates, per i
 Before iteration ``start_iteration`` (warm-up) only the plain autoencoder loss is trained and D is not updated.
 
 Why not MONAI's ``AdversarialTrainer``: it expects the generator to return one tensor (it calls
-``.float()`` on it and feeds the whole target to D), whereas :class:`~tools.networks.joint_vae.JointAutoencoderKL`
+``.float()`` on it and feeds the whole target to D), whereas :class:`~tools.cardiac.joint_vae.JointAutoencoderKL`
 returns ``(reconstruction, z_mu, z_sigma)`` whose KL term the reconstruction loss needs, and D should see the
 image channel only. Keeping ``SupervisedTrainer`` also keeps the bundle's handlers, validation and checkpoint
 wiring unchanged; the configs use this iteration only when ``adv_weight > 0``.

@@ -53,7 +53,7 @@ def semantic_edge_map(onehot: torch.Tensor) -> torch.Tensor:
     Args:
         onehot: (N, K, H, W) one-hot (or soft) label map; the label is the channel argmax.
     Returns:
-        (N, 1, H, W) float edge map in {0, 1}. Same definition as the shared ``EdgeMapd`` transform.
+        (N, 1, H, W) float edge map in {0, 1}. Both sides of a boundary are marked.
     """
     labels = onehot.argmax(dim=1, keepdim=True).float()
     padded = F.pad(labels, (1, 1, 1, 1), mode="replicate")
