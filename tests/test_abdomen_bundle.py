@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import nibabel as nib
@@ -11,6 +12,9 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, run
+from monai.engines import IterationEvents
+
+from tools.figures.training_curves import read_scalars
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "abdomen_semantic_synthesis"
 CONFIGS = BUNDLE / "configs"
@@ -84,6 +88,15 @@ def test_train_writes_checkpoints_with_model_key(trained):
     with pytest.raises(RuntimeError) as err:
         run("training", config_file=[str(CONFIGS / "train.json")], iterations=2, val_interval=2, **trained[1])
     assert isinstance(err.value.__cause__, FileExistsError) and "model.pt" in str(err.value.__cause__)
+
+
+def test_training_logs_the_hybrid_loss_terms(trained):
+    """LossTermsHandler + scalar_logs in train.json: TensorBoard has the loss and its mse / vb terms."""
+    root, _ = trained
+    tags = read_scalars(root / "runs")
+    assert {"loss", "mse", "vb", "val_psnr", "val_ssim"} <= set(tags)
+    loss, mse, vb = (tags[k][1] for k in ("loss", "mse", "vb"))
+    np.testing.assert_allclose(loss, mse + vb, rtol=1e-4)  # lambda * T = 0.001 * 1000 = 1: loss = mse + vb_t
 
 
 def test_inference_keeps_geometry(trained, tmp_path):
@@ -167,3 +180,97 @@ def test_segmenter_and_augmentation_report_dice_change(trained, tmp_path):
     delta = report["delta_vs_real"]["real+synthetic"]["liver"]
     d_real, d_aug = report["dice"]["real"]["liver"], report["dice"]["real+synthetic"]["liver"]
     assert delta == pytest.approx(d_aug - d_real)
+
+
+# ---------------------------------------------------------------- one source of truth across the config files
+# inference.json stays standalone (model-zoo: ckpt_export / verify_net_in_out / MONAI Label read it alone), so
+# the blocks it shares with train.json are written twice; this keeps the two copies equal.
+SHARED_WITH_INFERENCE = (
+    "bundle_root", "ckpt_dir", "dataset_dir", "phantom_cases", "phantom_size", "phantom_slices", "datalist", "overwrite",
+    "seed", "device", "amp", "image_size", "a_min", "a_max", "num_classes", "conditioning", "num_train_timesteps",
+    "beta_start", "beta_end", "sampler", "num_inference_steps", "channels", "guide_channels", "attention_levels",
+    "num_res_blocks", "norm_num_groups", "num_head_channels", "network_def", "network", "scheduler", "sampler_def",
+)
+
+
+def test_inference_config_repeats_train_config_blocks_exactly():
+    train = json.loads((CONFIGS / "train.json").read_text())
+    inference = json.loads((CONFIGS / "inference.json").read_text())
+    differ = [k for k in SHARED_WITH_INFERENCE if train.get(k, "<absent>") != inference.get(k, "<absent>")]
+    assert not differ, f"train.json and inference.json disagree on {differ}"
+
+
+def _parser(files: list[str], overrides: dict) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in files])
+    parser.update(overrides)
+    return parser
+
+
+def test_deltas_sample_with_the_one_sampler_definition():
+    """evaluate.json and augment.json use train.json's sampler_def with their own sampler / step count."""
+    base = _parser(["train.json"], {})
+    sampler = base.get_parsed_content("sampler_def")
+    assert (sampler.sampler, len(sampler.timesteps), sampler.seed) == ("ddpm", 1000, 0)
+    ev = _parser(["train.json", "evaluate.json"], {"eval_sampler": "ddim", "eval_num_inference_steps": 3, "seed": 5})
+    assert ev["evaluation"]["runner"]["sampler"] == "@sampler_def"
+    sampler = ev.get_parsed_content("sampler_def")
+    assert (sampler.sampler, len(sampler.timesteps), sampler.seed) == ("ddim", 3, 5)
+    aug = _parser(["train.json", "train_segmenter.json", "augment.json"], {"synthetic_num_inference_steps": 4})
+    assert aug["synthetic"]["pairs"]["sampler"] == "@sampler_def"
+    assert aug["synthetic"]["label_dataset"]["transform"] == "@validate#preprocessing"
+    sampler = aug.get_parsed_content("sampler_def")
+    assert (sampler.sampler, len(sampler.timesteps)) == ("ddim", 4)
+
+
+# ---------------------------------------------------------------- the trainers' LOSS_COMPLETED event
+LOGGERS = ("LossTermsHandler", "StatsHandler", "TensorBoardStatsHandler")  # handlers kept: no validation, no saving
+
+
+def _tiny_trainer(tmp_path: Path, files: list[str], trainer_id: str, overrides: dict):
+    """The trainer ``trainer_id`` of the merged ``files`` at tiny size, with its logging handlers only."""
+    datalist = _fake_abdomen(tmp_path / "data")
+    parser = _parser(files, {**TINY, "datalist": str(datalist), "ckpt_dir": str(tmp_path / "models"),
+                             "output_dir": str(tmp_path / "runs"), **overrides})
+    handlers_id = trainer_id.replace("#trainer", "#handlers")
+    parser[handlers_id] = [h for h in parser[handlers_id] if str(h["_target_"]).rsplit(".", 1)[-1] in LOGGERS]
+    return parser.get_parsed_content(trainer_id), parser.get_parsed_content(handlers_id)
+
+
+def _record_loss_completed(trainer) -> list[dict]:
+    seen: list[dict] = []
+
+    def record(engine) -> None:
+        out = engine.state.output
+        seen.append({k: float(torch.as_tensor(out[k]).detach()) for k in ("loss", "mse", "vb") if k in out})
+
+    trainer.add_event_handler(IterationEvents.LOSS_COMPLETED, record)
+    return seen
+
+
+def test_diffusion_training_fires_loss_completed_with_finite_loss_and_terms(tmp_path):
+    from monai.handlers import StatsHandler, TensorBoardStatsHandler
+
+    trainer, handlers = _tiny_trainer(tmp_path, ["train.json"], "train#trainer", {"iterations": 2, "val_interval": 2})
+    seen = _record_loss_completed(trainer)
+    trainer.run()
+    assert len(seen) == 2
+    for s in seen:
+        assert math.isfinite(s["loss"]) and s["loss"] > 0
+        assert s["loss"] == pytest.approx(s["mse"] + s["vb"], rel=1e-5)  # terms of this very iteration
+    loggers = [h for h in handlers if isinstance(h, (StatsHandler, TensorBoardStatsHandler))]
+    assert len(loggers) == 2
+    for h in loggers:  # what StatsHandler prints and TensorBoardStatsHandler writes, from the decollated output
+        logged = h.output_transform(trainer.state.output)
+        assert set(logged) == {"loss", "mse", "vb"} and logged["mse"] == pytest.approx(seen[-1]["mse"])
+    assert {"loss", "mse", "vb"} <= set(read_scalars(tmp_path / "runs"))
+
+
+def test_segmenter_training_fires_loss_completed_with_finite_loss(tmp_path):
+    trainer, _ = _tiny_trainer(
+        tmp_path, ["train.json", "train_segmenter.json"], "segmenter_train#trainer",
+        {"segmenter_iterations": 2, "segmenter_val_interval": 2, "segmenter_batch_size": 2},
+    )
+    seen = _record_loss_completed(trainer)
+    trainer.run()
+    assert len(seen) == 2 and all(math.isfinite(s["loss"]) and s["loss"] > 0 for s in seen)

@@ -12,7 +12,8 @@ from scipy.stats import norm
 from monai.networks.schedulers import DDPMScheduler
 
 from tools.abdomen.hybrid_loss import HybridDiffusionLoss
-from tools.diffusion.learned_range_sampler import LearnedRangeSampler, spaced_timesteps
+from tools.diffusion.learned_range_sampler import LearnedRangeSampler
+from tools.diffusion.schedule import spaced_timesteps
 
 T = 1000
 

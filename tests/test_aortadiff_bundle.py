@@ -10,9 +10,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser
 from monai.bundle import run as bundle_run
+from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+from monai.engines import IterationEvents, default_prepare_batch
+from monai.handlers import StatsHandler, TensorBoardStatsHandler
+from monai.networks.schedulers import DDPMScheduler
 
 from tools.aortadiff.inputs import check_aorta_inputs
+from tools.aortadiff.loss import TERM_NAMES, AortaDiffLoss
+from tools.data.phantoms import ensure_phantoms
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "aortadiff_cect" / "configs"
@@ -25,10 +33,19 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def phantom_dir(tmp_path_factory) -> Path:
+    """Tiny AAA phantoms (the TINY parameters), made once for the module."""
+    out = tmp_path_factory.mktemp("aortadiff_phantoms") / "aaa"
+    ensure_phantoms("aaa", out, cases=TINY["phantom_cases"], seed=0, size=TINY["phantom_size"],
+                    slices=TINY["phantom_slices"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, phantom_dir):
     """Train 2 iterations (validation once) with a random-backbone LPIPS; returns the folders used."""
     root = tmp_path_factory.mktemp("aortadiff")
-    paths = {"dataset_dir": str(root / "phantoms"), "ckpt_dir": str(root / "models"), "output_dir": str(root / "runs")}
+    paths = {"dataset_dir": str(phantom_dir), "ckpt_dir": str(root / "models"), "output_dir": str(root / "runs")}
     bundle_run("training", config_file=[str(CONFIGS / "train.json")], logging_file=str(CONFIGS / "logging.conf"),
                **TINY, **paths, iterations=2, val_interval=2, batch_size=4, num_workers=0,
                lpips_pretrained_backbone=False, val_inference_steps=2, val_slices_per_case=1, val_batch_size=1)
@@ -130,3 +147,115 @@ def test_input_errors_name_the_file(tmp_path):
         check_aorta_inputs(tmp_path / "ncct.nii.gz", tmp_path / "other.nii.gz")
     with pytest.raises(ValueError, match="empty.nii.gz.*empty"):
         check_aorta_inputs(tmp_path / "ncct.nii.gz", tmp_path / "empty.nii.gz")
+
+
+# ----------------------------------------------------------------------------- the stock SupervisedTrainer iteration
+def _parser(configs: list[str], phantom_dir: Path, out: Path, **overrides) -> ConfigParser:
+    """train.json + deltas at TINY size, 3 iterations in one epoch, validation once (1 DDIM step, 1 slice)."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / c) for c in configs])
+    parser.update({**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(out / "models"), "output_dir": str(out / "runs"),
+                   "iterations": 3, "val_interval": 3, "batch_size": 4, "num_workers": 0, "log_interval": 1,
+                   "lpips_pretrained_backbone": False, "val_at_start": False, "val_inference_steps": 1,
+                   "val_slices_per_case": 1, "val_batch_size": 1, **overrides})
+    parser.get_parsed_content("initialize")
+    return parser
+
+
+def test_prepare_batch_and_inferer_of_train_json():
+    """Noise first, then timesteps (the RNG order of the former iteration); the target carries what the loss needs;
+    DiffusionInferer calls network(cat([x_t, ncct]), t) with x_t = scheduler.add_noise(cect, eps, t)."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    prepare_batch = parser.get_parsed_content("train#prepare_batch")
+    batch = {"cect": torch.rand(2, 1, 8, 8), "ncct": torch.rand(2, 1, 8, 8), "roi": torch.ones(2, 1, 8, 8),
+             "lumen_sdf": torch.zeros(2, 1, 8, 8), "labeled": torch.tensor([1, 0]), "aorta": torch.ones(2, 1, 8, 8)}
+    torch.manual_seed(3)
+    images, target, args, kwargs = prepare_batch(batch, torch.device("cpu"))
+    torch.manual_seed(3)
+    noise = torch.randn(2, 1, 8, 8)
+    t = torch.randint(0, 1000, (2,))
+    assert set(target) == {"x_start", "noise", "timesteps", "roi", "lumen_sdf", "labeled"} and args == ()
+    assert torch.equal(images, batch["cect"]) and torch.equal(target["x_start"], batch["cect"])
+    assert torch.equal(target["noise"], noise) and torch.equal(target["timesteps"], t)
+    assert target["labeled"].dtype == torch.float32 and target["labeled"].tolist() == [1.0, 0.0]
+    assert kwargs["mode"] == "concat" and torch.equal(kwargs["condition"], batch["ncct"])
+    with pytest.raises(ValueError, match="lumen_sdf"):
+        prepare_batch({k: v for k, v in batch.items() if k != "lumen_sdf"}, torch.device("cpu"))
+
+    seen = {}
+
+    def network(x, timesteps, context=None):
+        seen.update(x=x, timesteps=timesteps)
+        return x[:, :1]
+
+    parser.get_parsed_content("train#inferer")(images, network, **kwargs)
+    x_t = DDPMScheduler(1000).add_noise(batch["cect"], noise, t)
+    torch.testing.assert_close(seen["x"], torch.cat([x_t, batch["ncct"]], 1))
+    assert torch.equal(seen["timesteps"], t)
+
+
+def test_stock_trainer_reports_the_loss_and_its_terms(phantom_dir, tmp_path):
+    """train.json + small.json: MONAI's own SupervisedTrainer iteration fires IterationEvents; the loss in the
+    output is what AortaDiffLoss returned; its terms (s1, s2 included) reach StatsHandler and TensorBoard."""
+    parser = _parser(["train.json", "small.json"], phantom_dir, tmp_path)
+    trainer = parser.get_parsed_content("train#trainer")
+    loss_fn = parser.get_parsed_content("loss")
+    assert trainer.loss_function is loss_fn and isinstance(loss_fn, AortaDiffLoss)
+    weighting = parser.get_parsed_content("loss_weighting")
+    assert any(p is weighting.log_vars for g in trainer.optimizer.param_groups for p in g["params"])
+    handlers = parser.get_parsed_content("train#handlers")
+    stats = next(h for h in handlers if isinstance(h, StatsHandler))
+    board = next(h for h in handlers if isinstance(h, TensorBoardStatsHandler))
+
+    returned, at_loss, logged = [], [], []
+    loss_fn.register_forward_hook(lambda module, args, out: returned.append(out.detach().clone()))
+
+    @trainer.on(IterationEvents.LOSS_COMPLETED)
+    def _at_loss(engine):
+        out = engine.state.output
+        at_loss.append((out["loss"].detach().clone(), returned[-1], {k: out.get(k) for k in ("s1", "s2")}))
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _logged(engine):
+        logged.append(stats.output_transform(engine.state.output))
+
+    trainer.run()
+    board.close()
+    assert len(at_loss) == len(logged) == 3
+    for loss, ret, kendall in at_loss:
+        assert torch.equal(loss, ret)  # engine.state.output["loss"] is the loss module's return value
+        assert all(isinstance(v, float) for v in kendall.values())  # LossTermsHandler added s1, s2
+    for (loss, _, _), scalars in zip(at_loss, logged):
+        assert {"loss", *TERM_NAMES} <= set(scalars)
+        assert all(np.isfinite(v) for v in scalars.values())
+        assert scalars["loss"] == pytest.approx(float(loss))
+        assert scalars["loss_lpips"] > 0 and scalars["n_labeled"] >= 1
+    assert logged[0]["s1"] == 0.0 and logged[-1]["s1"] != 0.0  # s1 is learned by the trainer's optimiser
+    read_loss = ConfigParser({"t": DEFAULT_MLFLOW_SETTINGS["configs"]["trainer"]["output_transform"]}).get_parsed_content("t")
+    assert read_loss(trainer.state.output) == pytest.approx(logged[-1]["loss"])  # what --tracking mlflow logs
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "runs")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "s1", "s2", "loss_img", "loss_mask"} <= tags
+    assert [e.step for e in events.Scalars("s2")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("variant", ["train_cdm.json", "train_seg_unet.json"])
+def test_baselines_train_on_the_stock_trainer(variant, phantom_dir, tmp_path):
+    parser = _parser(["train.json", variant, "small.json"], phantom_dir, tmp_path, seg_channels=[8, 16, 16, 32])
+    trainer = parser.get_parsed_content("train#trainer")
+    losses = []
+    trainer.add_event_handler(IterationEvents.LOSS_COMPLETED, lambda e: losses.append(float(e.state.output["loss"].detach())))
+    trainer.run()
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    if variant == "train_cdm.json":
+        assert trainer.network.mask_head is None and trainer.network.out_channels == 1
+        terms = parser.get_parsed_content("loss").last_terms
+        assert "loss_mask" not in terms and terms["w_mask"] == 0.0 and terms["w_img"] == 1.0
+        assert losses[-1] == pytest.approx(terms["loss_img"])  # fixed weights (1, 0): the image term alone
+    else:
+        assert trainer.prepare_batch is default_prepare_batch
+        assert (tmp_path / "models" / "model.pt").is_file()

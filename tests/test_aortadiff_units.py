@@ -13,6 +13,7 @@ from tools.diffusion.schedule import eps_from_x0, training_target, x0_from_outpu
 from tools.aortadiff.inferers import AortaDDIMInferer, AortaRePaintInferer, count_denoising_calls, repaint_schedule
 from tools.aortadiff.kendall import KendallUncertaintyWeighting
 from tools.aortadiff.labeled_mse import labeled_mse
+from tools.aortadiff.loss import TERM_NAMES, AortaDiffLoss
 from tools.aortadiff.lpips_loss import ROILPIPSLoss, backbone_weights_path
 from tools.aortadiff.clinical_metrics import (
     area_mm2, diameter_mae_mm, lumen_diameters_mm, mean_thrombus_area_error_percent, thrombus_area_error_percent)
@@ -217,7 +218,8 @@ def test_thrombus_area_on_known_ring():
 
 
 def test_evaluation_summary_spearman_and_flags(tmp_path):
-    from tools.aortadiff.evaluation import AortaDiffEvaluation, dice
+    from tools.aortadiff.evaluation import AortaDiffEvaluation
+    from tools.metrics.overlap import mask_dice as dice
 
     assert dice(np.ones((2, 2)), np.zeros((2, 2))) == 0.0 and math.isnan(dice(np.zeros(3), np.zeros(3)))
     ev = AortaDiffEvaluation(str(tmp_path / "d.json"), str(tmp_path), str(tmp_path), uncertainty_threshold=2.5)
@@ -230,30 +232,96 @@ def test_evaluation_summary_spearman_and_flags(tmp_path):
     assert "not computed" in ev._summary(cases[:2], "skipped")["uncertainty"]["spearman"]
 
 
-def test_iteration_output_is_what_monai_tracking_reads():
-    """One real SupervisedTrainer iteration; MONAI's bundle tracking (--tracking mlflow) reads the loss
-    with its default output_transform, from_engine(['loss'], first=True), which needs a decollated list."""
-    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
-    from monai.bundle import ConfigParser
-    from monai.engines import SupervisedTrainer
+# ----------------------------------------------------------------------------- AortaDiffLoss
+def _target(b: int = 2, size: int = 8, labeled=(1.0, 0.0)) -> dict:
+    """Target dict as DiffusionTargetPrepareBatch builds it: x_start = 0, SDF target = 0, ROI everywhere."""
+    return {"x_start": torch.zeros(b, 1, size, size), "noise": torch.randn(b, 1, size, size),
+            "timesteps": torch.tensor([10, 500])[:b], "roi": torch.ones(b, 1, size, size),
+            "lumen_sdf": torch.zeros(b, 1, size, size), "labeled": torch.tensor(labeled)}
 
-    from tools.aortadiff.iteration import AortaDiffIteration, scalar_logs
 
+def _pred(image: float, sdf: tuple[float, ...] | None, b: int = 2, size: int = 8) -> torch.Tensor:
+    """(B, 1 [+ 1], H, W) output: constant image channel, per-sample constant SDF channel."""
+    chans = [torch.full((b, 1, size, size), image)]
+    if sdf is not None:
+        chans.append(torch.tensor(sdf).reshape(b, 1, 1, 1).expand(b, 1, size, size))
+    return torch.cat(chans, 1).clone().requires_grad_(True)
+
+
+def test_aortadiff_loss_hand_values_and_unlabeled_zero_mask_gradient():
+    """x0 head 0.5 against x_start 0: MSE 0.25; SDF 0.2 (labeled) / 3.0 (unlabeled) against 0: L_mask 0.04."""
+    weighting = KendallUncertaintyWeighting()  # s1 = s2 = 0
+    loss_fn = AortaDiffLoss(DDPMScheduler(1000), weighting, prediction_type="sample", image_mse_weight=2.0)
+    pred = _pred(0.5, (0.2, 3.0))
+    loss = loss_fn(pred, _target())
+    expected = 0.5 * (2.0 * 0.25) + 0.5 * 0.04  # 0.5 e^-s1 L_img + 0.5 s1 + 0.5 e^-s2 L_mask + 0.5 s2
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert pred.grad[1, 1].abs().sum() == 0  # unlabeled sample: no gradient through the SDF head
+    assert pred.grad[0, 1].abs().sum() > 0 and pred.grad[:, 0].abs().sum() > 0
+    assert weighting.log_vars.grad[1] != 0  # s2 learns from a batch with a labeled sample
+    t = loss_fn.last_terms
+    assert set(t) == set(TERM_NAMES)
+    assert t["loss_mse"] == pytest.approx(0.25) and t["loss_img"] == pytest.approx(0.5) and t["loss_lpips"] == 0
+    assert t["loss_mask"] == pytest.approx(0.04, rel=1e-5) and t["n_labeled"] == 1
+    assert (t["s1"], t["s2"], t["w_img"], t["w_mask"]) == (0.0, 0.0, 0.5, 0.5)
+    assert all(isinstance(v, float) for v in t.values())
+
+
+def test_aortadiff_loss_all_unlabeled_drops_kendall_s2_term():
+    weighting = KendallUncertaintyWeighting(init_log_vars=(0.5, -0.3))
+    loss_fn = AortaDiffLoss(DDPMScheduler(1000), weighting, prediction_type="sample")
+    pred = _pred(0.5, (0.2, 3.0))
+    loss = loss_fn(pred, _target(labeled=(0.0, 0.0)))
+    assert float(loss.detach()) == pytest.approx(0.5 * math.exp(-0.5) * 0.25 + 0.5 * 0.5, rel=1e-6)  # no 0.5 s2
+    loss.backward()
+    assert pred.grad[:, 1].abs().sum() == 0
+    assert weighting.log_vars.grad[1] == 0  # s2 is not pushed towards -inf by a batch without lumen labels
+    assert loss_fn.last_terms["n_labeled"] == 0 and loss_fn.last_terms["loss_mask"] == 0
+
+
+def test_aortadiff_loss_cdm_without_mask_head():
+    """Synthesis-only CDM: 1-channel output, fixed weights (1, 0), image term only, eps parameterisation."""
+    weighting = KendallUncertaintyWeighting(learnable=False, fixed_weights=(1.0, 0.0))
+    loss_fn = AortaDiffLoss(DDPMScheduler(1000), weighting, prediction_type="epsilon", use_mask_head=False)
+    target = _target()
+    pred = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    loss = loss_fn(pred, target)
+    assert float(loss.detach()) == pytest.approx(float((target["noise"] ** 2).mean()), rel=1e-6)  # MSE(eps_hat, eps)
+    assert set(loss_fn.last_terms) == {"loss_img", "loss_mse", "loss_lpips", "w_img", "w_mask"}
+    with pytest.raises(ValueError, match="SDF channels"):  # a mask-head loss on a 1-channel output
+        AortaDiffLoss(DDPMScheduler(1000), KendallUncertaintyWeighting())(pred, target)
+    with pytest.raises(ValueError, match="prediction_type"):
+        AortaDiffLoss(DDPMScheduler(1000), weighting, prediction_type="x0")
+
+
+class _L1Stub(torch.nn.Module):
+    """Stands in for ROILPIPSLoss: ROI-mean |pred - target|; records its inputs."""
+
+    def forward(self, pred, target, roi):
+        self.seen = (pred.detach(), target, roi)
+        return ((pred - target).abs() * roi).sum() / roi.sum()
+
+
+def test_aortadiff_loss_lpips_on_clamped_x0_from_the_noised_image():
+    """eps head: x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar) with x_t = scheduler.add_noise(x0, eps, t)."""
     torch.manual_seed(0)
-    net = TwoHeadDiffusionUNet(**TINY)
-    weighting = KendallUncertaintyWeighting()
-    batch = {
-        "ncct": torch.rand(2, 1, 16, 16) * 2 - 1, "cect": torch.rand(2, 1, 16, 16) * 2 - 1,
-        "roi": torch.ones(2, 1, 16, 16), "lumen_sdf": torch.rand(2, 1, 16, 16) - 0.5,
-        "labeled": torch.tensor([1.0, 0.0]),
-    }
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=net,
-        optimizer=torch.optim.AdamW(list(net.parameters()) + list(weighting.parameters()), 1e-4), loss_function=None,
-        iteration_update=AortaDiffIteration(DDPMScheduler(num_train_timesteps=1000), weighting, prediction_type="sample"),
-    )
-    trainer.run()
-    read_loss = ConfigParser({"t": DEFAULT_MLFLOW_SETTINGS["configs"]["trainer"]["output_transform"]}).get_parsed_content("t")
-    loss = read_loss(trainer.state.output)
-    assert isinstance(loss, float) and math.isfinite(loss)
-    assert scalar_logs(trainer.state.output)["loss"] == loss
+    sched = DDPMScheduler(1000)
+    stub = _L1Stub()
+    loss_fn = AortaDiffLoss(sched, KendallUncertaintyWeighting(learnable=False, fixed_weights=(1.0, 1.0)),
+                            prediction_type="epsilon", lpips_loss=stub, lpips_weight=0.5, image_mse_weight=0.0)
+    target = _target()
+    target["x_start"] = torch.rand(2, 1, 8, 8) * 2 - 1
+    target["timesteps"] = torch.tensor([999, 5])
+    target["roi"][:, :, :4] = 0
+    eps_hat = torch.randn(2, 1, 8, 8) * 3
+    loss = loss_fn(torch.cat([eps_hat, torch.zeros(2, 1, 8, 8)], 1), target)
+    x_t = sched.add_noise(target["x_start"], target["noise"], target["timesteps"])
+    abar = sched.alphas_cumprod[target["timesteps"]].reshape(-1, 1, 1, 1)
+    x0_hat = ((x_t - (1 - abar).sqrt() * eps_hat) / abar.sqrt()).clamp(-1.5, 1.5)
+    torch.testing.assert_close(stub.seen[0], x0_hat, atol=1e-4, rtol=1e-4)
+    assert stub.seen[0].abs().max() == pytest.approx(1.5)  # at t = 999 x0_hat is far out of range: clamped
+    assert torch.equal(stub.seen[2], target["roi"])
+    lpips = float(((x0_hat - target["x_start"]).abs() * target["roi"]).sum() / target["roi"].sum())
+    assert loss_fn.last_terms["loss_lpips"] == pytest.approx(lpips, rel=1e-4)
+    assert float(loss) == pytest.approx(0.5 * lpips, rel=1e-4)  # image_mse_weight 0, L_mask 0 (SDF exact)

@@ -1,5 +1,6 @@
 """Cardiac LDM bundle end to end through ``monai.bundle``: train VAE -> train LDM -> generate -> SSL pretrain ->
-fine-tune -> evaluate (+ inference), each with tiny overrides on 32x32x16 heart phantoms."""
+fine-tune -> evaluate (+ inference), each stage merged over common.json, with tiny overrides on 32x32x16 heart
+phantoms; the layout of the configs (one base, stage deltas, a standalone inference.json that matches them)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from tools.data.phantoms import ensure_phantoms
 from tools.cardiac.latent_scale import load_scale_factor
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "cardiac_ldm_ssl" / "configs"
+COMMON = str(CONFIGS / "common.json")
 SMALL = str(CONFIGS / "small.json")
+STAGES = ("train_autoencoder.json", "train_ldm.json", "generate.json", "pretrain_ssl.json", "train.json")
 
 TINY = {
     "image_size": [32, 32, 16],
@@ -32,7 +35,7 @@ TINY = {
 
 
 def _cfg(name: str, *deltas: str) -> list[str]:
-    return [str(CONFIGS / name), SMALL, *[str(CONFIGS / d) for d in deltas]]
+    return [COMMON, str(CONFIGS / name), SMALL, *[str(CONFIGS / d) for d in deltas]]
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +109,30 @@ def test_inference_keeps_input_geometry(pipeline):
     assert seg.shape == ref.shape
     np.testing.assert_allclose(seg.affine, ref.affine, atol=1e-4)
     assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(9))
+
+
+def test_inference_network_and_grid_match_the_training_configs():
+    """inference.json is standalone (model-zoo, MONAI Label); it must build the fine-tuned U-Net on the same grid."""
+    train, infer = ConfigParser(), ConfigParser()
+    train.read_config([COMMON, str(CONFIGS / "train.json")])
+    infer.read_config(str(CONFIGS / "inference.json"))
+    assert infer["network_def"] == train["unet_def"]
+    for key in ("image_size", "fov_fraction", "a_min", "a_max", "num_classes", "seg_features", "ckpt_dir",
+                "model_filename", "model_checkpoint", "dataset_dir"):
+        assert infer[key] == train[key], key
+
+
+def test_shared_blocks_are_written_once():
+    """Transforms, networks and the phantom datalist live in common.json, not in the stage files."""
+    files = {f.name: json.loads(f.read_text()) for f in sorted(CONFIGS.glob("*.json"))
+             if f.name not in ("metadata.json", "inference.json")}
+    assert set(STAGES) <= set(files) and "common.json" in files
+    shared = ("LoadImaged", "Resized", "ScaleIntensityRanged", "ConcatItemsd", "cardiac_augmentations",
+              "JointAutoencoderKL", "DiffusionModelUNet", "BasicUNet")
+    for name, cfg in files.items():
+        text = json.dumps(cfg)
+        if name == "common.json":
+            assert text.count("ensure_phantoms") == 1 and all(text.count(f'{t}"') == 1 for t in shared)
+        else:
+            assert "ensure_phantoms" not in text, name
+            assert not [t for t in shared if f'{t}"' in text], name

@@ -20,7 +20,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "cardiac_ldm_ssl" / 
 
 def _parser(name: str, **overrides) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / name))
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / name)])
     for k, v in overrides.items():
         parser[k] = v
     return parser
@@ -153,3 +153,16 @@ def test_dice_table_layout_and_absent_structure(tmp_path):
     assert header == "case,Average,AO,LAA,LA,LV,MYO,PA,RA,RV"
     assert json.loads(paths["json"].read_text())["mean"]["LAA"] is None
     assert paths["png"].stat().st_size > 1000
+
+
+def test_synthetic_pairs_refuse_to_overwrite_case_files_before_sampling(tmp_path):
+    from tools.cardiac.synthetic_pairs import SyntheticPairGenerator
+
+    gen = SyntheticPairGenerator(autoencoder=None, diffusion_model=None, inferer=None, scheduler=None, num_samples=2,
+                                 latent_shape=(3, 4, 4, 4), output_dir=tmp_path, affine=np.eye(4))
+    assert [p.relative_to(tmp_path).as_posix() for p in gen.case_files()] == [
+        "synth_0000/image.nii.gz", "synth_0000/label.nii.gz", "synth_0001/image.nii.gz", "synth_0001/label.nii.gz"]
+    (tmp_path / "synth_0001").mkdir()
+    (tmp_path / "synth_0001" / "label.nii.gz").write_bytes(b"")  # a case of an earlier run, datalist gone
+    with pytest.raises(FileExistsError, match=r"synth_0001/label\.nii\.gz' already exists; pass --overwrite True"):
+        gen.run()  # raised before any sampling (the networks here are None)

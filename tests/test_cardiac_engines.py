@@ -18,7 +18,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "cardiac_ldm_ssl" / 
 
 def _early_stop(config: str, patience: int | None = None):
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / config))
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / config)])
     if patience is not None:
         parser["patience"] = patience
     return parser, parser.get_parsed_content("validate#early_stop")
@@ -123,3 +123,46 @@ def test_missing_stage_runner_runs_only_missing_stages_in_order(tmp_path):
     runner = MissingStageRunner(tmp_path, stages[2:], overrides={"log": str(log), "out": str(tmp_path / "other")})
     with pytest.raises(FileNotFoundError, match="c.out"):
         runner.run()
+
+
+def test_missing_stage_runner_merges_base_configs_then_stage_then_deltas(tmp_path):
+    import json
+
+    from tools.cardiac.stage_runner import MissingStageRunner
+
+    log, out = tmp_path / "log.txt", tmp_path / "s.out"
+    # the base holds what runs; the stage (a delta over it) and the delta file each override the tag
+    (tmp_path / "base.json").write_text(json.dumps({
+        "out": "", "log": "", "tag": "base",
+        "run": ["$open(@log, 'a').write(@tag + ' ')", "$open(@out, 'w').write('x')"]}))
+    (tmp_path / "s.json").write_text(json.dumps({"tag": "stage"}))
+    (tmp_path / "d.json").write_text(json.dumps({"tag": "delta"}))
+    overrides = {"log": str(log), "out": str(out)}
+    runner = MissingStageRunner(tmp_path, [("s.json", str(out))], overrides=overrides, base_configs=["base.json"])
+    assert runner.config_files("s.json") == [str(tmp_path / "base.json"), str(tmp_path / "s.json")]
+    assert runner.run() == ["s.json"] and log.read_text().split() == ["stage"]
+    out.unlink()
+    runner = MissingStageRunner(tmp_path, [("s.json", str(out))], overrides=overrides, base_configs=["base.json"],
+                                deltas=[str(tmp_path / "d.json")])
+    assert runner.run() == ["s.json"] and log.read_text().split() == ["stage", "delta"]
+    out.unlink()
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        MissingStageRunner(tmp_path, [("s.json", str(out))], base_configs=["nope.json"]).run()
+
+
+def test_train_json_runs_the_earlier_stages_over_common_json():
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train.json")])
+    parser.update({"ckpt_dir": "/nonexistent/models", "output_dir": "/nonexistent/runs", "datalist": "d.json"})
+    runner = parser.get_parsed_content("prerequisites")
+    assert runner.base_configs == ["common.json"]
+    assert [c for c, _ in runner.stages] == ["train_autoencoder.json", "train_ldm.json", "generate.json",
+                                              "pretrain_ssl.json"]
+    assert [o for _, o in runner.stages] == ["/nonexistent/models/autoencoder.pt", "/nonexistent/models/ldm.pt",
+                                             "/nonexistent/runs/synthetic/datalist.json",
+                                             "/nonexistent/models/ssl_pretrained.pt"]
+    for config, _ in runner.stages:  # every stage config list exists and merges
+        files = runner.config_files(config)
+        stage = ConfigParser()
+        stage.read_config(files)
+        assert "run" in stage.get() and "initialize" in stage.get(), config

@@ -157,7 +157,7 @@ def test_sample_decodes_to_image_and_label_volumes():
 
 def _finetune_network():
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "train.json"))
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train.json")])
     parser["seg_features"] = [8, 8, 16, 16, 32, 8]
     return parser.get_parsed_content("network_def")
 
@@ -168,7 +168,7 @@ def test_finetune_loads_encoder_weights_and_reinitialises_decoder(tmp_path):
     assert isinstance(seg, BasicUNet)
     # the SSL network: same architecture, restores 1 image channel
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "pretrain_ssl.json"))
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "pretrain_ssl.json")])
     parser["seg_features"] = [8, 8, 16, 16, 32, 8]
     ssl = parser.get_parsed_content("network_def")
     torch.manual_seed(2)
@@ -198,7 +198,7 @@ def test_class_conditioned_unet_from_the_conditional_delta():
 
     for stage in ("train_ldm.json", "generate.json"):
         parser = ConfigParser()
-        parser.read_config([str(CONFIGS / stage), str(CONFIGS / "conditional.json")])
+        parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / stage), str(CONFIGS / "conditional.json")])
         parser.update({"ldm_channels": [8, 8], "ldm_attention_levels": [False, False], "ldm_num_head_channels": [0, 8],
                        "ldm_norm_groups": 8})
         net = parser.get_parsed_content("network_def")
@@ -206,7 +206,7 @@ def test_class_conditioned_unet_from_the_conditional_delta():
     cond = parser.get_parsed_content("generator#condition")
     assert cond.tolist() == [[0, 0, 0]]
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train_ldm.json"), str(CONFIGS / "conditional.json")])
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train_ldm.json"), str(CONFIGS / "conditional.json")])
     add = parser.get_parsed_content("condition_transforms")[0]
     assert add({"sex": 1, "scan_region": 2, "metal_implant": 0})["conditions"].tolist() == [1, 2, 0]
     torch.manual_seed(0)

@@ -1,12 +1,14 @@
 """Multi-GPU training configs on CPU: ``torchrun --nproc_per_node=2`` with the ``gloo`` backend.
 
 For each bundle: ``train.json`` (+ variant) + ``small.json`` + ``multi_gpu_train.json`` with a few
-iterations, phantoms made beforehand in tmp_path (both ranks then reuse them). A test delta adds a
-``finalize`` line writing each rank's iteration count and a checksum of its network weights to
-``rank<r>_done.txt``, and makes ``ckpt_dir``/``output_dir`` rank-specific (``..._rank<RANK>``). Checked:
+iterations (cardiac: each stage merged over ``common.json``; also its stage 1 with the patch-adversarial
+term, whose discriminator is DDP-wrapped as well), phantoms made beforehand in tmp_path (both ranks then
+reuse them). A test delta adds a ``finalize`` line writing each rank's iteration count and a checksum of
+the weights of its network(s) to ``rank<r>_done.txt``, and makes ``ckpt_dir``/``output_dir`` rank-specific
+(``..._rank<RANK>``). Checked:
 
-* both ranks trained: each reported the expected iteration count, and the two weight checksums are
-  equal (DistributedDataParallel kept the replicas in sync);
+* both ranks trained: each reported the expected iteration count, and the weight checksums are
+  equal (DistributedDataParallel kept the replicas in sync, the discriminator's too);
 * only rank 0 wrote the checkpoint: ``ckpt_rank0`` holds it, rank 1 wrote no ``.pt`` file anywhere.
 """
 
@@ -25,10 +27,11 @@ BUNDLES = REPO / "bundles"
 
 FINALIZE = [
     # no "import" in this expression: MONAI ast-parses expressions containing that word as import statements
-    "$open('{report}' % torch.distributed.get_rank(), 'w').write('%d %.9e' % ("
-    "@train#trainer.state.iteration, float(sum(p.detach().double().abs().sum() for p in @train#trainer.network.parameters()))))",
+    "$open('{report}' % torch.distributed.get_rank(), 'w').write(' '.join(['%d' % @train#trainer.state.iteration] + "
+    "['%.9e' % float(sum(p.detach().double().abs().sum() for p in net.parameters())) for net in [{networks}]]))",
     "$torch.distributed.is_initialized() and torch.distributed.destroy_process_group()",
 ]
+NETWORKS = "@train#trainer.network"  # the trained network of each spec (default)
 
 # per bundle: config files (merged in order), anatomy of its phantoms, CLI overrides, checkpoint file name
 SPECS = {
@@ -51,11 +54,22 @@ SPECS = {
         "checkpoint": "model.pt",
     },
     "cardiac_ldm_ssl": {
-        "configs": ["train.json", "scratch.json", "small.json", "multi_gpu_train.json"],
+        "configs": ["common.json", "train.json", "scratch.json", "small.json", "multi_gpu_train.json"],
         "anatomy": "heart",
         "overrides": {"epochs": 1, "val_interval": 1, "phantom_cases": 6, "phantom_slices": 16, "val_fraction": 0.34},
         "iterations": None,  # one epoch over the rank's share of the training cases
         "checkpoint": "model_scratch.pt",
+    },
+    "cardiac_ldm_ssl_vae_adversarial": {  # stage 1 with the discriminator: its gradients averaged over ranks
+        "bundle": "cardiac_ldm_ssl",
+        "configs": ["common.json", "train_autoencoder.json", "autoencoder_adversarial.json", "small.json",
+                    "multi_gpu_train.json"],
+        "anatomy": "heart",
+        "overrides": {"epochs": 1, "val_interval": 1, "phantom_cases": 6, "phantom_slices": 16, "val_fraction": 0.34,
+                      "image_size": [32, 32, 16], "vae_channels": [8, 8, 8], "d_channels": 8, "d_num_layers": 2},
+        "iterations": None,
+        "checkpoint": "autoencoder.pt",
+        "networks": "@train#trainer.network, @train#trainer.state.d_network",
     },
 }
 
@@ -72,9 +86,10 @@ def _arg(v) -> str:
     return json.dumps(v) if not isinstance(v, str) else v
 
 
-@pytest.mark.parametrize("bundle", sorted(SPECS))
-def test_torchrun_two_ranks_gloo(bundle, tmp_path):
-    spec = SPECS[bundle]
+@pytest.mark.parametrize("case", sorted(SPECS))
+def test_torchrun_two_ranks_gloo(case, tmp_path):
+    spec = SPECS[case]
+    bundle = spec.get("bundle", case)
     cfg_dir = BUNDLES / bundle / "configs"
     files = [cfg_dir / f for f in spec["configs"]]
     missing = [str(f) for f in files if not f.is_file()]
@@ -93,7 +108,8 @@ def test_torchrun_two_ranks_gloo(bundle, tmp_path):
     delta.write_text(json.dumps({
         "ckpt_dir": f"$'{tmp_path}/ckpt_rank' + __import__('os').environ['RANK']",
         "output_dir": f"$'{tmp_path}/out_rank' + __import__('os').environ['RANK']",
-        "finalize": [FINALIZE[0].replace("{report}", f"{tmp_path}/rank%d_done.txt"), FINALIZE[1]],
+        "finalize": [FINALIZE[0].replace("{report}", f"{tmp_path}/rank%d_done.txt")
+                     .replace("{networks}", spec.get("networks", NETWORKS)), FINALIZE[1]],
     }))
     config_file = json.dumps([str(f) for f in files] + [str(delta)])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
@@ -110,13 +126,14 @@ def test_torchrun_two_ranks_gloo(bundle, tmp_path):
     for rank in (0, 1):
         report = tmp_path / f"rank{rank}_done.txt"
         if report.is_file():
-            it, w = report.read_text().split()
-            done[rank] = (int(it), float(w))
+            it, *w = report.read_text().split()
+            done[rank] = (int(it), [float(v) for v in w])
     assert sorted(done) == [0, 1], f"both ranks must finish training:\n{log[-4000:]}"
     (it0, w0), (it1, w1) = done[0], done[1]
     assert it0 == it1 >= 1, f"iterations per rank {it0} / {it1}"
     if spec["iterations"] is not None:
         assert it0 == spec["iterations"]
+    assert len(w0) == len(w1) == len(spec.get("networks", NETWORKS).split(","))
     assert w0 == pytest.approx(w1, rel=1e-6), "DDP ranks ended with different weights"
     ckpt0 = tmp_path / "ckpt_rank0" / spec["checkpoint"]
     assert ckpt0.is_file(), f"rank 0 did not write {ckpt0}: {sorted(p.name for p in ckpt0.parent.glob('*'))}"

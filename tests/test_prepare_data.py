@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from tools.data.label_maps import MMWHS_TO_HEART, TOTALSEG_V2_TO_AMOS, remap_labels
-from tools.aortadiff.prepare_data import find_case_files, mask_dice, prepare_aaa
+from tools.aortadiff.prepare_data import find_case_files, prepare_aaa
+from tools.metrics.overlap import mask_dice
 from tools.abdomen.prepare_data import prepare_amos
 from tools.cardiac.prepare_data import prepare_cardiac
 from tools.data.splits import patient_of, split_by_patient

@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from monai.metrics import DiceMetric, FIDMetric, PSNRMetric, SSIMMetric
 
-from tools.abdomen.labels import BODY_ID, CLASS_NAMES, ORGAN_IDS
-from tools.engines.output_guard import refuse_overwrite
-from tools.abdomen.figures import save_grid
 from tools.abdomen.fid_features import load_fid_feature_network
-from tools.abdomen.segmenter_comparison import nanmean_over_slices
+from tools.abdomen.figures import save_grid
+from tools.abdomen.labels import BODY_ID
+from tools.abdomen.segmenter_comparison import add_segmenter_dice, organ_dice
+from tools.engines.checkpoint_io import load_checkpoint, load_network
+from tools.engines.output_guard import refuse_overwrite
 
 __all__ = ["find_checkpoints", "checkpoint_tag", "drop_duplicate_weights", "SynthesisCheckpointEvaluation"]
 
@@ -75,8 +75,7 @@ def find_checkpoints(checkpoints: str | Sequence[str]) -> list[str]:
 
 def _weights_fingerprint(path: str) -> str:
     """Hash of the ``"model"`` weights of a checkpoint (to drop a final model.pt equal to the last periodic one)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("model", state)
+    state = load_checkpoint(path, "model", accept_state_dict=True)
     h = hashlib.sha1()
     for k in sorted(state):
         h.update(k.encode())
@@ -156,9 +155,7 @@ class SynthesisCheckpointEvaluation:
                 self.segmenter_checkpoint,
             )
             return None
-        state = torch.load(self.segmenter_checkpoint, map_location=self.device, weights_only=True)
-        self.segmenter.load_state_dict(state["model"] if "model" in state else state)
-        return self.segmenter.to(self.device).eval()
+        return load_network(self.segmenter, self.segmenter_checkpoint, self.device, accept_state_dict=True)
 
     @staticmethod
     def _organ_target(onehot: torch.Tensor) -> torch.Tensor:
@@ -166,28 +163,10 @@ class SynthesisCheckpointEvaluation:
         lab = onehot.argmax(1, keepdim=True)
         return torch.where(lab == BODY_ID, torch.zeros_like(lab), lab)
 
-    def _dice(self, seg: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, metric: DiceMetric) -> None:
-        with torch.no_grad():
-            logits = seg(images)
-        n = logits.shape[1]
-        pred = F.one_hot(logits.argmax(1), n).permute(0, 3, 1, 2).float()
-        tgt = F.one_hot(target[:, 0].clamp(0, n - 1), n).permute(0, 3, 1, 2).float()
-        metric(y_pred=pred, y=tgt)
-
     @staticmethod
     def _dice_values(metric: DiceMetric) -> dict[str, float]:
-        per_class = nanmean_over_slices(metric.aggregate().cpu().numpy())  # (15,), NaN where the organ never appears
-        metric.reset()
-        vals = {f"dice_{CLASS_NAMES[i].replace(' ', '_')}": float(per_class[i - 1]) for i in ORGAN_IDS}
-        finite = [v for v in vals.values() if np.isfinite(v)]
-        return {"dice_mean": float(np.mean(finite)) if finite else float("nan"), **vals}
-
-    def _load_checkpoint(self, path: str) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        if "model" not in state:
-            raise ValueError(f"evaluate: checkpoint '{path}' has no 'model' entry (keys: {sorted(state)[:10]})")
-        self.network.load_state_dict(state["model"])
-        self.network.eval()
+        """``dice_mean`` and ``dice_<organ>`` columns (organ names with underscores); resets ``metric``."""
+        return {f"dice_{name.replace(' ', '_')}": v for name, v in organ_dice(metric).items()}
 
     # ------------------------------------------------------------------ main
     def run(self) -> list[dict]:
@@ -206,13 +185,13 @@ class SynthesisCheckpointEvaluation:
 
         if seg is not None:  # reference: the segmenter on the real slices
             for batch in self.dataloader:
-                self._dice(seg, batch["image"].to(self.device), self._organ_target(batch["label"].to(self.device)), dice)
+                add_segmenter_dice(dice, seg, batch["image"].to(self.device), self._organ_target(batch["label"].to(self.device)))
             rows.append({"checkpoint": "real", "iteration": "", **self._dice_values(dice)})
 
         for path in files:
             tag = checkpoint_tag(path)
             logger.info("evaluate: checkpoint %s", path)
-            self._load_checkpoint(path)
+            load_network(self.network, path, self.device)
             psnr, ssim = PSNRMetric(max_val=1.0), SSIMMetric(spatial_dims=2, data_range=1.0)
             feats_fake, feats_real = [], []
             grid = None
@@ -226,7 +205,7 @@ class SynthesisCheckpointEvaluation:
                     feats_fake.append(fid_net(fake))
                     feats_real.append(fid_net(real))
                 if seg is not None:
-                    self._dice(seg, fake, self._organ_target(onehot), dice)
+                    add_segmenter_dice(dice, seg, fake, self._organ_target(onehot))
                 if grid is None:
                     grid = (onehot.argmax(1).cpu().numpy(), fake[:, 0].cpu().numpy(), real[:, 0].cpu().numpy())
             row = {

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tools.engines.checkpoint_io import load_checkpoint
+
 __all__ = ["FID_NETWORKS", "load_fid_feature_network", "SliceFeatureExtractor"]
 
 # name -> (torchvision builder name, weight file in the torch hub checkpoint folder, input size, feature dim)
@@ -70,6 +72,6 @@ def load_fid_feature_network(
         net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
     else:
         net = getattr(torchvision.models, builder)(weights=None)
-    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    net.load_state_dict(load_checkpoint(ckpt))  # torchvision's file is a plain state dict (no "model" key)
     net.fc = nn.Identity()
     return SliceFeatureExtractor(net, size).to(device), ""

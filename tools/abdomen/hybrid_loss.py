@@ -10,7 +10,8 @@ interpolation value ``v`` (last ``C``, nominally in [-1, 1]). The model's log va
     log sigma_t^2 = f * log(beta_t) + (1 - f) * log(beta_tilde_t),    f = (v + 1) / 2,
 
 with ``log(beta_tilde_0)`` (which is log 0) replaced by ``log(beta_tilde_1)`` ("clipped" posterior
-log variance).
+log variance). The schedule terms (posterior, x0 from eps, the learned-range interpolation) are
+:class:`tools.diffusion.schedule.ScheduleTerms`, shared with the sampler.
 
 Why the loss is ``mse + vb_t`` and not ``mse + 0.001 * vb_t``:
 ``L_vlb = L_0 + L_1 + ... + L_{T-1}`` is a **sum** over the T timesteps. Training draws one ``t``
@@ -31,10 +32,11 @@ import torch.nn as nn
 
 from monai.networks.schedulers import Scheduler
 
+from tools.diffusion.schedule import ScheduleTerms
+
 __all__ = [
     "normal_kl",
     "discretized_gaussian_log_likelihood",
-    "ScheduleTerms",
     "HybridDiffusionLoss",
 ]
 
@@ -68,76 +70,6 @@ def discretized_gaussian_log_likelihood(
     log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
     edge = 1.0 - half_bin / 2  # 0.998 for 256 bins: the first and last bin
     return torch.where(x < -edge, log_cdf_plus, torch.where(x > edge, log_one_minus_cdf_min, log_delta))
-
-
-def _gather(values: torch.Tensor, timesteps: torch.Tensor, ndim: int) -> torch.Tensor:
-    """values[timesteps] reshaped to (N, 1, ..., 1) for broadcasting over an ``ndim`` tensor."""
-    out = values.to(timesteps.device)[timesteps]
-    return out.reshape(-1, *([1] * (ndim - 1)))
-
-
-class ScheduleTerms:
-    """Posterior q(x_{t-1} | x_t, x_0) and learned-range terms computed from a MONAI scheduler's tensors.
-
-    All tensors are float64 (as in the reference code) of length T. Build them from a MONAI scheduler with
-    :meth:`from_scheduler` (reusing its ``betas`` tensor, e.g. ``DDPMScheduler``'s linear 1e-4..0.02), or from
-    any beta sequence (a respaced chain for fast sampling).
-
-    Args:
-        betas: (T,) noise variances beta_t.
-    """
-
-    def __init__(self, betas: torch.Tensor) -> None:
-        betas = torch.as_tensor(betas).detach().double().cpu()
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
-        self.num_timesteps = int(betas.shape[0])
-        self.betas = betas
-        self.alphas_cumprod = alphas_cumprod
-        self.alphas_cumprod_prev = alphas_cumprod_prev
-        self.sqrt_recip_alphas_cumprod = torch.sqrt(1.0 / alphas_cumprod)
-        self.sqrt_recipm1_alphas_cumprod = torch.sqrt(1.0 / alphas_cumprod - 1.0)
-        # beta_tilde_t = beta_t (1 - abar_{t-1}) / (1 - abar_t); it is 0 at t = 0
-        self.posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        # log beta_tilde with the t = 0 value (log 0) replaced by the t = 1 value
-        self.posterior_log_variance_clipped = torch.log(
-            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]])
-        )
-        self.posterior_mean_coef1 = betas * torch.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * torch.sqrt(1.0 - betas) / (1.0 - alphas_cumprod)
-        self.log_betas = torch.log(betas)
-
-    @classmethod
-    def from_scheduler(cls, scheduler: Scheduler) -> "ScheduleTerms":
-        """Terms of a MONAI scheduler's forward process (its ``betas``; ``alphas_cumprod`` is their cumprod)."""
-        return cls(scheduler.betas)
-
-    def q_sample(self, x_start: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
-        a = _gather(self.alphas_cumprod, t, x_start.ndim).to(x_start.dtype)
-        return a.sqrt() * x_start + (1.0 - a).sqrt() * noise
-
-    def q_posterior(
-        self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and clipped log variance of q(x_{t-1} | x_t, x_0)."""
-        c1 = _gather(self.posterior_mean_coef1, t, x_t.ndim).to(x_t.dtype)
-        c2 = _gather(self.posterior_mean_coef2, t, x_t.ndim).to(x_t.dtype)
-        logvar = _gather(self.posterior_log_variance_clipped, t, x_t.ndim).to(x_t.dtype)
-        return c1 * x_start + c2 * x_t, logvar.expand_as(x_t)
-
-    def predict_xstart(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
-        a = _gather(self.sqrt_recip_alphas_cumprod, t, x_t.ndim).to(x_t.dtype)
-        b = _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim).to(x_t.dtype)
-        return a * x_t - b * eps
-
-    def learned_range_log_variance(self, var_values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """log sigma^2 = f log(beta_t) + (1 - f) log(beta_tilde_t clipped), f = (v + 1) / 2."""
-        min_log = _gather(self.posterior_log_variance_clipped, t, var_values.ndim).to(var_values.dtype)
-        max_log = _gather(self.log_betas, t, var_values.ndim).to(var_values.dtype)
-        frac = (var_values + 1.0) / 2.0
-        return frac * max_log + (1.0 - frac) * min_log
 
 
 class HybridDiffusionLoss(nn.Module):

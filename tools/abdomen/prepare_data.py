@@ -31,7 +31,8 @@ import numpy as np
 
 from tools.data.label_maps import AMOS_LABELS, TOTALSEG_V2_TO_AMOS, remap_labels
 from tools.data.nifti_io import case_name, check_same_grid, load_labels, load_nifti, present_ids, save_label_like
-from tools.data.splits import check_fractions, check_outputs, print_table, run_cli, split_by_patient, write_prepared
+from tools.data.splits import check_fractions, print_table, run_cli, split_by_patient, write_prepared
+from tools.engines.output_guard import refuse_overwrite
 
 __all__ = ["AMOS_FILE", "MAX_CT_ID", "prepare_amos"]
 
@@ -162,7 +163,7 @@ def prepare_amos(
         split["training"], split["validation"] = tr_split["training"], tr_split["validation"]
     used = {c: pairs["Tr"].get(c) or pairs["Va"][c] for s in split.values() for c in s}
     outputs = [out_path, report_path] + ([label_out / p[1].name for p in used.values()] if remap_from else [])
-    check_outputs(outputs, inputs=[p for pair in used.values() for p in pair], overwrite=overwrite)
+    refuse_overwrite(outputs, overwrite, inputs=[p for pair in used.values() for p in pair])
 
     if check_labels or remap_from:  # grids first (headers only): a bad case stops the run before anything is written
         for image, label in used.values():

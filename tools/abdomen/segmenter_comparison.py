@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from monai.metrics import DiceMetric
 
 from tools.abdomen.labels import CLASS_NAMES, ORGAN_IDS
+from tools.engines.checkpoint_io import load_network
 from tools.engines.output_guard import refuse_overwrite
 
-__all__ = ["nanmean_over_slices", "compare_segmenters"]
+__all__ = ["nanmean_over_slices", "add_segmenter_dice", "organ_dice", "compare_segmenters"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,30 @@ def nanmean_over_slices(values: np.ndarray) -> np.ndarray:
     counts = np.isfinite(values).sum(0)
     sums = np.where(np.isfinite(values), values, 0.0).sum(0)
     return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+@torch.no_grad()
+def add_segmenter_dice(metric: DiceMetric, network: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Add the per-slice Dice of ``network``'s argmax on ``images`` (N, 1, S, S) against the organ ids
+    ``labels`` (N, 1, S, S) to ``metric`` (a ``DiceMetric`` on one-hot maps of the network's channels)."""
+    logits = network(images.float())
+    n = logits.shape[1]
+    pred = F.one_hot(logits.argmax(1), n).permute(0, 3, 1, 2).float()
+    tgt = F.one_hot(labels.long()[:, 0].clamp(0, n - 1), n).permute(0, 3, 1, 2).float()
+    metric(y_pred=pred, y=tgt)
+
+
+def organ_dice(metric: DiceMetric) -> dict[str, float]:
+    """``{"mean": ..., <organ name>: ...}`` from the per-slice values in ``metric`` (then reset).
+
+    An organ's Dice is its mean over the slices where it is present; an organ absent from every slice is
+    NaN and left out of ``"mean"``.
+    """
+    per = nanmean_over_slices(metric.aggregate().cpu().numpy())  # organs absent from every slice stay NaN
+    metric.reset()
+    scores = {CLASS_NAMES[i]: float(per[i - 1]) for i in ORGAN_IDS}
+    finite = [v for v in scores.values() if np.isfinite(v)]
+    return {"mean": float(np.mean(finite)) if finite else float("nan"), **scores}
 
 
 @torch.no_grad()
@@ -55,19 +80,11 @@ def compare_segmenters(
             report["skipped"][name] = f"checkpoint '{path}' is absent"
             logger.warning("segmenter comparison: %s skipped, checkpoint '%s' is absent", name, path)
             continue
-        network.load_state_dict(torch.load(path, map_location=device, weights_only=True)["model"])
-        network.to(device).eval()
+        load_network(network, path, device)
         metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
         for batch in dataloader:
-            logits = network(batch["image"].to(device).float())
-            n = logits.shape[1]
-            pred = F.one_hot(logits.argmax(1), n).permute(0, 3, 1, 2).float()
-            tgt = F.one_hot(batch["label"].to(device).long()[:, 0].clamp(0, n - 1), n).permute(0, 3, 1, 2).float()
-            metric(y_pred=pred, y=tgt)
-        per = nanmean_over_slices(metric.aggregate().cpu().numpy())  # organs absent from every slice stay NaN
-        scores = {CLASS_NAMES[i]: float(per[i - 1]) for i in ORGAN_IDS}
-        finite = [v for v in scores.values() if np.isfinite(v)]
-        report["dice"][name] = {"mean": float(np.mean(finite)) if finite else float("nan"), **scores}
+            add_segmenter_dice(metric, network, batch["image"].to(device), batch["label"].to(device))
+        report["dice"][name] = organ_dice(metric)
     if baseline in report["dice"]:
         base = report["dice"][baseline]
         for name, scores in report["dice"].items():

@@ -102,6 +102,7 @@ def check_inference_io(
         ValueError: no input, or an input is not a ``.nii`` / ``.nii.gz`` label map.
         FileNotFoundError: an input file does not exist (named).
         FileExistsError: an output ``<output_dir>/<stem>_<postfix>.nii.gz`` exists and ``overwrite`` is False.
+        ValueError: an output would be one of the input files (never allowed).
     Returns:
         the planned output paths.
     """
@@ -116,5 +117,5 @@ def check_inference_io(
             raise FileNotFoundError(f"inference: input label map '{f}' (key 'input_files') does not exist.")
         stem = Path(f).name.removesuffix(".gz").removesuffix(".nii")
         outputs.append(str(Path(output_dir) / f"{stem}_{postfix}.nii.gz"))
-    refuse_overwrite(outputs, overwrite)
+    refuse_overwrite(outputs, overwrite, inputs=files)
     return outputs

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from tools.abdomen.labels import BODY_ID
+from tools.engines.checkpoint_io import load_checkpoint, load_network
 
 __all__ = ["SyntheticSlicePairs"]
 
@@ -45,15 +46,11 @@ class SyntheticSlicePairs:
         """List of ``{"image": (1, S, S) float in [-1, 1], "label": (1, S, S) long organ ids 0..15}``."""
         if self.path.is_file() and not self.overwrite:
             logger.info("synthetic slices: reusing %s", self.path)
-            return torch.load(self.path, weights_only=True)
-        if not Path(self.checkpoint).is_file():
-            raise FileNotFoundError(
-                f"synthetic slices: diffusion checkpoint '{self.checkpoint}' (key 'synthetic_checkpoint') does not "
-                "exist; train the diffusion model first (configs/train.json)"
-            )
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        self.network.load_state_dict(state["model"])
-        self.network.eval()
+            return load_checkpoint(self.path)
+        load_network(
+            self.network, self.checkpoint, self.device,
+            hint="key 'synthetic_checkpoint'; train the diffusion model first with configs/train.json",
+        )
         pairs: list[dict[str, torch.Tensor]] = []
         for batch in self.dataloader:
             onehot = batch["label"].to(self.device).float()

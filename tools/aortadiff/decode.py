@@ -16,19 +16,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 
 import torch
-from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from tools.data.transforms import unit_to_hu
-
-LABEL_NAMES = {0: "background", 1: "lumen", 2: "thrombus"}
-
-
-def _like(ref: torch.Tensor, arr: torch.Tensor) -> torch.Tensor:
-    if isinstance(ref, MetaTensor):
-        return MetaTensor(arr, affine=ref.affine, meta=dict(ref.meta), applied_operations=list(ref.applied_operations))
-    return arr
-
+from tools.data.transforms import like, unit_to_hu
 
 class DecodeAortaDiffd(MapTransform):
     """Split ``pred_key`` into synthetic CECT (HU), lumen, thrombus, label map and std map.
@@ -60,11 +50,11 @@ class DecodeAortaDiffd(MapTransform):
         thrombus = aorta & ~lumen
         label = lumen.to(torch.uint8) + 2 * thrombus.to(torch.uint8)
         std_hu = p[2:3] * (self.a_max - self.a_min) / 2.0
-        d[self.prefix + "synthetic_cect"] = _like(ref, hu)
-        d[self.prefix + "lumen"] = _like(ref, lumen.to(torch.uint8))
-        d[self.prefix + "thrombus"] = _like(ref, thrombus.to(torch.uint8))
-        d[self.prefix + "std_hu"] = _like(ref, std_hu)
-        d[self.prefix + "image_unit"] = _like(ref, p[:1].clone())
-        d[self.pred_key] = _like(ref, label)
+        d[self.prefix + "synthetic_cect"] = like(ref, hu)
+        d[self.prefix + "lumen"] = like(ref, lumen.to(torch.uint8))
+        d[self.prefix + "thrombus"] = like(ref, thrombus.to(torch.uint8))
+        d[self.prefix + "std_hu"] = like(ref, std_hu)
+        d[self.prefix + "image_unit"] = like(ref, p[:1].clone())
+        d[self.pred_key] = like(ref, label)
         d[self.prefix + "uncertainty_score"] = float(std_hu[aorta].mean()) if aorta.any() else float(std_hu.mean())
         return d

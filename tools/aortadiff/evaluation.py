@@ -6,7 +6,8 @@ the datalist's ``cect``, ``aorta`` and (when present) ``lumen``:
 - PSNR and SSIM (MONAI ``PSNRMetric`` / ``SSIMMetric``) on the HU window ``[a_min, a_max]`` mapped to [0, 1],
   whole slice and inside the aorta ROI (aorta dilated by ``roi_margin`` pixels; :mod:`tools.metrics.roi_image_quality`);
 - LPIPS inside the ROI when the torchvision backbone weights are present (else skipped, reason logged);
-- Dice of lumen and of thrombus (thrombus = aorta - lumen), per slice and per case (3D);
+- Dice of lumen and of thrombus (thrombus = aorta - lumen), per slice and per case (3D;
+  :func:`tools.metrics.overlap.mask_dice`: 0 for a false-positive slice, NaN when both masks are empty);
 - lumen max (Feret) and minor-axis diameters in mm, diameter MAE, thrombus area error in %
   (:mod:`tools.aortadiff.clinical_metrics`);
 - with ``uncertainty.json`` from inference (``num_samples`` > 1): Spearman correlation between the per-case
@@ -39,19 +40,14 @@ from tools.aortadiff.plots import bland_altman_png, dice_boxplot_png
 from tools.aortadiff.writer import FILE_NAMES, preview_png
 from tools.aortadiff.lpips_loss import build_lpips_or_none
 from tools.aortadiff.clinical_metrics import area_mm2, lumen_diameters_mm, thrombus_area_error_percent
+from tools.engines.output_guard import refuse_overwrite
+from tools.metrics.overlap import mask_dice
 from tools.metrics.roi_image_quality import roi_psnr, roi_ssim
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("metrics_per_slice.csv", "metrics_per_case.csv", "metrics_summary.json",
                 "bland_altman_diameters.png", "dice_boxplot.png")
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """2|A and B| / (|A| + |B|); NaN when both are empty."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    s = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / s) if s else float("nan")
 
 
 def _nanmean(values: list[float]) -> float:
@@ -124,8 +120,8 @@ class AortaDiffEvaluation:
                    "ssim_roi": rssim[i], "lpips_roi": lp[i]}
             if lumen_gt is not None:
                 dp, dg = lumen_diameters_mm(lumen_p[..., k], spacing), lumen_diameters_mm(lumen_gt[..., k], spacing)
-                row.update(dice_lumen=dice(lumen_p[..., k], lumen_gt[..., k]),
-                           dice_thrombus=dice(thr_p[..., k], thr_gt[..., k]),
+                row.update(dice_lumen=mask_dice(lumen_p[..., k], lumen_gt[..., k]),
+                           dice_thrombus=mask_dice(thr_p[..., k], thr_gt[..., k]),
                            diam_max_pred_mm=dp[0], diam_max_ref_mm=dg[0], diam_minor_pred_mm=dp[1],
                            diam_minor_ref_mm=dg[1],
                            diam_max_abs_err_mm=abs(dp[0] - dg[0]) if lumen_gt[..., k].any() else float("nan"),
@@ -138,7 +134,7 @@ class AortaDiffEvaluation:
                 **{m: _nanmean([r[m] for r in rows]) for m in ("psnr", "ssim", "psnr_roi", "ssim_roi", "lpips_roi")},
                 "uncertainty_score": score}
         if lumen_gt is not None:
-            case.update(dice_lumen=dice(lumen_p, lumen_gt), dice_thrombus=dice(thr_p, thr_gt),
+            case.update(dice_lumen=mask_dice(lumen_p, lumen_gt), dice_thrombus=mask_dice(thr_p, thr_gt),
                         diam_max_mae_mm=_nanmean([r["diam_max_abs_err_mm"] for r in rows]),
                         diam_minor_mae_mm=_nanmean([r["diam_minor_abs_err_mm"] for r in rows]),
                         thrombus_area_err_pct=_nanmean([r["thrombus_area_err_pct"] for r in rows]))
@@ -147,10 +143,7 @@ class AortaDiffEvaluation:
     # ------------------------------------------------------------------ all cases
     def run(self) -> dict:
         targets = [self.output_dir / f for f in OUTPUT_FILES]
-        if not self.overwrite:
-            for t in targets:
-                if t.exists():
-                    raise FileExistsError(f"output '{t}' already exists; pass --overwrite True to replace it")
+        refuse_overwrite(targets, self.overwrite)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         entries = load_datalist(self.datalist, self.split, required_keys=("ncct", "cect", "aorta"))
         if self.lpips_pretrained:

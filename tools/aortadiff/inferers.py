@@ -5,10 +5,11 @@ noise level (the *known* region) and the inside comes from the model; the final 
 ``x0 * roi + ncct * (1 - roi)``. RePaint's jump schedule resamples: after every ``jump_length``
 denoising steps the sample is noised back ``jump_length`` steps, ``jump_n_sample - 1`` times.
 
-Timesteps: ``num_inference_steps`` N indices i = N-1 .. 0 map to training timesteps
-``tau_i = round(i (T - 1) / (N - 1))`` (N = T: every timestep); index -1 is the clean image
-(``abar = 1``). Reverse steps use the DDPM posterior between tau_a and tau_b (respaced), the fast
-variant the deterministic DDIM update (eta = 0).
+Timesteps: ``num_inference_steps`` N indices i = N-1 .. 0 map to the training timesteps tau_i of
+:func:`tools.diffusion.schedule.spaced_timesteps` (``round(i (T - 1) / (N - 1))``; N = T: every timestep;
+N = 1: T - 1); index -1 is the clean image (``abar = 1``). Reverse steps use the DDPM posterior between
+tau_a and tau_b (respaced), the fast variant the deterministic DDIM update (eta = 0); all of this
+schedule math is in :mod:`tools.diffusion.schedule`.
 
 Inputs of both inferers (``inferer(inputs, network)``): ``(B, 2, H, W)`` slices or ``(B, 2, H, W, D)``
 volumes (axial slices along the last axis), channel 0 the NCCT windowed to [-1, 1], channel 1 the ROI
@@ -20,7 +21,6 @@ Volume slices without ROI are not sampled (image = NCCT, SDF = +1).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,7 +30,15 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from tqdm.auto import tqdm
 
-from tools.diffusion.schedule import eps_from_x0, x0_from_output
+from tools.diffusion.schedule import (
+    ddim_step,
+    eps_from_x0,
+    noise_to_level,
+    q_jump,
+    q_posterior_mean_variance,
+    spaced_timesteps,
+    x0_from_output,
+)
 
 
 def repaint_schedule(num_steps: int, jump_length: int = 10, jump_n_sample: int = 2) -> list[int]:
@@ -81,9 +89,8 @@ class _AortaFusionSampler(Inferer):
         super().__init__()
         self.scheduler = scheduler
         self.T = int(scheduler.num_train_timesteps)
-        if not 1 <= int(num_inference_steps) <= self.T:
-            raise ValueError(f"num_inference_steps must be in [1, {self.T}], got {num_inference_steps}")
         self.num_inference_steps = int(num_inference_steps)
+        self.timesteps = spaced_timesteps(self.T, self.num_inference_steps)  # (N,) ascending; checks N in [1, T]
         self.num_samples = int(num_samples)
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -102,8 +109,7 @@ class _AortaFusionSampler(Inferer):
 
     def train_timestep(self, index: int) -> int:
         """Training timestep tau of step index (0..N-1)."""
-        n = self.num_inference_steps
-        return 0 if n == 1 else int(round(index * (self.T - 1) / (n - 1)))
+        return int(self.timesteps[index])
 
     def abar(self, index: int) -> float:
         """alphas_cumprod at step index; 1 for index -1 (clean)."""
@@ -111,8 +117,7 @@ class _AortaFusionSampler(Inferer):
 
     def noised_known(self, ncct: torch.Tensor, index: int, noise: torch.Tensor) -> torch.Tensor:
         """The known region at step ``index``: ``sqrt(abar) ncct + sqrt(1 - abar) noise`` (ncct at -1)."""
-        a = self.abar(index)
-        return math.sqrt(a) * ncct + math.sqrt(1.0 - a) * noise
+        return noise_to_level(ncct, noise, self.abar(index))
 
     def reverse_step(self, x: torch.Tensor, x0: torch.Tensor, a: int, b: int, g: torch.Generator | None) -> torch.Tensor:
         raise NotImplementedError
@@ -164,8 +169,7 @@ class _AortaFusionSampler(Inferer):
                 if step_bar is not None:
                     step_bar.update(1)
             else:  # forward jump a -> b: q(x_b | x_a)
-                ratio = self.abar(b) / self.abar(a)
-                x = math.sqrt(ratio) * x + math.sqrt(1.0 - ratio) * randn()
+                x = q_jump(x, randn(), self.abar(a), self.abar(b))
         return x, sdf
 
     # ------------------------------------------------------------------ Inferer API
@@ -243,14 +247,11 @@ class AortaRePaintInferer(_AortaFusionSampler):
     def schedule(self) -> list[int]:
         return repaint_schedule(self.num_inference_steps, self.jump_length, self.jump_n_sample)
 
-    def reverse_step(self, x, x0, a, b, g):
-        """Sample the (respaced) DDPM posterior q(x_b | x_a, x0)."""
-        abar_a, abar_b = self.abar(a), self.abar(b)
-        alpha = abar_a / abar_b
-        beta = 1.0 - alpha
-        mean = (math.sqrt(abar_b) * beta / (1 - abar_a)) * x0 + (math.sqrt(alpha) * (1 - abar_b) / (1 - abar_a)) * x
-        var = (1 - abar_b) / (1 - abar_a) * beta
-        return mean + math.sqrt(max(var, 0.0)) * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+    def reverse_step(self, x: torch.Tensor, x0: torch.Tensor, a: int, b: int,
+                     g: torch.Generator | None) -> torch.Tensor:
+        """Sample the (respaced) DDPM posterior q(x_b | x_a, x0). x, x0: (B, 1, H, W); a > b >= 0 step indices."""
+        mean, var = q_posterior_mean_variance(x0, x, self.abar(a), self.abar(b))
+        return mean + var.clamp_min(0).sqrt() * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
 
 
 class AortaDDIMInferer(_AortaFusionSampler):
@@ -259,8 +260,9 @@ class AortaDDIMInferer(_AortaFusionSampler):
     def schedule(self) -> list[int]:
         return list(range(self.num_inference_steps - 1, -2, -1))
 
-    def reverse_step(self, x, x0, a, b, g):
+    def reverse_step(self, x: torch.Tensor, x0: torch.Tensor, a: int, b: int,
+                     g: torch.Generator | None) -> torch.Tensor:
+        """Deterministic DDIM step from index a to b with the eps implied by x0. x, x0: (B, 1, H, W)."""
         t = torch.full((x.shape[0],), self.train_timestep(a), device=x.device, dtype=torch.long)
         eps = eps_from_x0(x0, x, t, self.scheduler.alphas_cumprod)
-        abar_b = self.abar(b)
-        return math.sqrt(abar_b) * x0 + math.sqrt(1.0 - abar_b) * eps
+        return ddim_step(x0, eps, self.abar(a), self.abar(b))

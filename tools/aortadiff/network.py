@@ -95,11 +95,13 @@ class TwoHeadDiffusionUNet(nn.Module):
     def out_channels(self) -> int:
         return self.image_channels + (self.mask_head[-1].conv.out_channels if self.mask_head is not None else 0)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, image_channels + cond_channels, H, W) = cat(x_t, ncct); timesteps: (B,) long.
 
-        Returns (B, image_channels [+ mask_channels], H, W).
+        ``context`` is unused (kept for MONAI's ``DiffusionInferer`` calling convention, which passes ``context=None``
+        in ``mode="concat"``). Returns (B, image_channels [+ mask_channels], H, W).
         """
+        del context
         features = self.unet(x, timesteps)
         image = self.image_head(features)
         if self.mask_head is None:

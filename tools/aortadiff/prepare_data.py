@@ -32,18 +32,13 @@ from typing import Any
 import numpy as np
 
 from tools.data.nifti_io import check_same_grid, load_array, load_nifti
-from tools.data.splits import check_fractions, check_outputs, print_table, run_cli, split_by_patient, write_prepared
+from tools.data.splits import check_fractions, print_table, run_cli, split_by_patient, write_prepared
+from tools.engines.output_guard import refuse_overwrite
+from tools.metrics.overlap import mask_dice
 
-__all__ = ["find_case_files", "mask_dice", "prepare_aaa"]
+__all__ = ["find_case_files", "prepare_aaa"]
 
 FILE_KEYS = ("ncct", "cect", "aorta", "lumen")
-
-
-def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice coefficient 2|A and B| / (|A| + |B|) of two masks (voxels > 0); NaN when both are empty."""
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return float("nan") if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
 
 
 def _matches(rel: str, pattern: str) -> bool:
@@ -156,7 +151,7 @@ def prepare_aaa(
         )
     cases = {d.name: find_case_files(d, patterns) for d in case_dirs}
     inputs = [f for found, _ in cases.values() for f in found.values()]
-    check_outputs([out_path, report_path], inputs=inputs, overwrite=overwrite)
+    refuse_overwrite([out_path, report_path], overwrite, inputs=inputs)
 
     entries: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []

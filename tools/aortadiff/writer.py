@@ -21,6 +21,8 @@ import torch
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
+from tools.engines.output_guard import refuse_overwrite
+
 logger = logging.getLogger(__name__)
 
 OUTPUTS = {"synthetic_cect": np.float32, "lumen": np.uint8, "thrombus": np.uint8, "pred": np.uint8, "std_hu": np.float32}
@@ -123,10 +125,9 @@ class WriteAortaDiffOutputsd(MapTransform):
         out = self.output_dir / case
         keys = [k for k in OUTPUTS if k in d and (k != "std_hu" or self.num_samples > 1)]
         targets = [out / FILE_NAMES[k] for k in keys] + [out / "preview.png"]
-        if not self.overwrite:
-            for p in targets:
-                if p.exists():
-                    raise FileExistsError(f"output '{p}' already exists; pass --overwrite True to replace it")
+        if "std_hu" in keys:
+            targets.append(out / "uncertainty.json")
+        refuse_overwrite(targets, self.overwrite)
         out.mkdir(parents=True, exist_ok=True)
         arrays = {k: convert_to_numpy(d[k])[0] for k in keys}
         for k in keys:

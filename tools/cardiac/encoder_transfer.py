@@ -12,8 +12,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import nn
+
+from tools.engines.checkpoint_io import load_checkpoint
 
 __all__ = ["BASIC_UNET_ENCODER", "load_encoder_weights"]
 
@@ -29,7 +30,8 @@ def load_encoder_weights(
     key: str = "model",
 ) -> nn.Module:
     """Copy the parameters/buffers whose names start with one of ``encoder_prefixes`` from
-    ``checkpoint[key]`` into ``network``; everything else is left as initialised.
+    ``checkpoint[key]`` (or a checkpoint that is itself a plain state dict) into ``network``; everything
+    else is left as initialised.
 
     Args:
         network: the segmentation network (a ``DistributedDataParallel`` wrapper is unwrapped).
@@ -48,16 +50,10 @@ def load_encoder_weights(
         logger.info("no pretrained checkpoint: the segmentation network is trained from scratch")
         return network
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained checkpoint '{path}' does not exist: run pretrain_ssl.json first or set "
-            "--pretrained_checkpoint None to train from scratch"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if key in state:
-        state = state[key]
-    elif any(isinstance(v, dict) for v in state.values()):
-        raise ValueError(f"checkpoint '{path}' has no '{key}' entry (found {sorted(state)})")
+    state = load_checkpoint(
+        path, key, accept_state_dict=True,
+        hint="run pretrain_ssl.json first or set --pretrained_checkpoint None to train from scratch",
+    )
     target = network.module if hasattr(network, "module") else network
     own = target.state_dict()
     prefixes = tuple(p.rstrip(".") + "." for p in encoder_prefixes)

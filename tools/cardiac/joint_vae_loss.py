@@ -7,15 +7,21 @@ The prediction is the autoencoder's ``(reconstruction, z_mu, z_sigma)``; the tar
 ``(B, 1 + K, *S)`` (image channel, then the one-hot label). The optional perceptual term is a module built
 once by the caller (e.g. MONAI ``PerceptualLoss``, which needs pretrained weights, so it is off by
 default). The last value of every term is kept in ``self.last_terms`` for logging handlers.
+
+The optional patch-adversarial term (trained by :class:`~tools.cardiac.vae_gan_trainer.VAEGANTrainer`) has
+its two losses here as well: :class:`PatchGeneratorLoss` (added to the autoencoder loss) and
+:class:`PatchDiscriminatorLoss` (the discriminator's own loss).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-__all__ = ["JointVAELoss", "kl_divergence"]
+__all__ = ["JointVAELoss", "PatchDiscriminatorLoss", "PatchGeneratorLoss", "kl_divergence"]
 
 
 def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
@@ -68,3 +74,49 @@ class JointVAELoss(nn.Module):
             terms["perceptual"] = perc
         self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
         return loss
+
+
+def _logits(d_out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """MONAI's ``PatchDiscriminator`` returns its intermediate features with the patch logits last."""
+    return d_out[-1] if isinstance(d_out, (list, tuple)) else d_out
+
+
+class PatchGeneratorLoss(nn.Module):
+    """Adversarial term of the autoencoder loss: ``weight * L(D(reconstructed image), real)``.
+
+    Args:
+        adversarial_loss: MONAI ``PatchAdversarialLoss`` (least squares in the bundle).
+        weight: ``adv_weight`` (> 0).
+
+    The input is the discriminator's output on the reconstructed image (its last element, the patch
+    logits ``(B, 1, *patches)``, is scored); the result is a scalar.
+    """
+
+    def __init__(self, adversarial_loss: nn.Module, weight: float) -> None:
+        super().__init__()
+        if weight <= 0:
+            raise ValueError(f"adv_weight must be > 0 for the adversarial term (0 disables it), got {weight}")
+        self.adversarial_loss = adversarial_loss
+        self.weight = float(weight)
+
+    def forward(self, fake_out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        logits = _logits(fake_out).float()
+        return self.weight * self.adversarial_loss(logits, target_is_real=True, for_discriminator=False)
+
+
+class PatchDiscriminatorLoss(nn.Module):
+    """Discriminator loss ``(L(D(real image), real) + L(D(reconstructed image), fake)) / 2``.
+
+    Args:
+        adversarial_loss: MONAI ``PatchAdversarialLoss`` (least squares in the bundle).
+    """
+
+    def __init__(self, adversarial_loss: nn.Module) -> None:
+        super().__init__()
+        self.adversarial_loss = adversarial_loss
+
+    def forward(self, real_out: torch.Tensor | Sequence[torch.Tensor],
+                fake_out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        real = self.adversarial_loss(_logits(real_out).float(), target_is_real=True, for_discriminator=True)
+        fake = self.adversarial_loss(_logits(fake_out).float(), target_is_real=False, for_discriminator=True)
+        return 0.5 * (real + fake)

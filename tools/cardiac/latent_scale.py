@@ -18,6 +18,8 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch import nn
 
+from tools.engines.checkpoint_io import load_checkpoint
+
 __all__ = ["LatentScale", "compute_scale_factor", "LatentScaleHandler", "load_scale_factor"]
 
 
@@ -118,13 +120,7 @@ class LatentScaleHandler:
 def load_scale_factor(checkpoint: str | Path, key: str = "scale_factor") -> float:
     """Scale factor stored in a diffusion checkpoint under ``key`` (a :class:`LatentScale` state dict)."""
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"diffusion checkpoint '{path}' does not exist (train the LDM stage first)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if key not in state:
-        raise ValueError(f"checkpoint '{path}' has no '{key}' entry (found {sorted(state)}); "
-                         "it was not saved by train_ldm.json")
-    entry = state[key]
+    entry = load_checkpoint(path, key, hint="train the LDM stage first: train_ldm.json saves the scale factor")
     value = float(entry["scale_factor"] if isinstance(entry, dict) else entry)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"checkpoint '{path}', key '{key}': scale factor {value} is not a positive number")

@@ -55,7 +55,8 @@ from tools.data.nifti_io import (
     present_ids,
     save_label_like,
 )
-from tools.data.splits import check_fractions, check_outputs, print_table, run_cli, split_by_patient, write_prepared
+from tools.data.splits import check_fractions, print_table, run_cli, split_by_patient, write_prepared
+from tools.engines.output_guard import refuse_overwrite
 
 __all__ = ["LAYOUTS", "prepare_cardiac"]
 
@@ -230,7 +231,7 @@ def prepare_cardiac(
     split = split_by_patient(sorted(cases), val_fraction, test_fraction, seed, patient_regex)
     inputs = [p for c in cases.values() for p in [c["image"], c.get("label"), *c.get("masks", {}).values()] if p]
     outputs = [out_path, report_path] + [label_out / f"{c}.nii.gz" for c in cases]
-    check_outputs(outputs, inputs=inputs, overwrite=overwrite)
+    refuse_overwrite(outputs, overwrite, inputs=inputs)
 
     for case in cases.values():  # grids first (headers only): a bad case stops the run before anything is written
         image_img = load_nifti(case["image"])

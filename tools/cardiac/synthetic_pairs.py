@@ -22,6 +22,7 @@ from torch import nn
 
 from tools.cardiac.label_cleanup import remove_small_fragments
 from tools.data.transforms import unit_to_hu
+from tools.engines.output_guard import refuse_overwrite
 
 __all__ = ["resized_ras_affine", "SyntheticPairGenerator"]
 
@@ -75,7 +76,7 @@ class SyntheticPairGenerator:
         min_fraction, min_voxels: fragment removal thresholds (see ``remove_small_fragments``).
         batch_size, device, amp, seed: sampling settings (``amp``: bf16 autocast on CUDA).
         condition: optional ``(1, ...)`` conditioning tensor repeated over each batch.
-        overwrite: replace an existing ``datalist.json`` in ``output_dir``.
+        overwrite: replace an existing ``datalist.json`` and case files in ``output_dir``.
         verbose: show the sampler's progress bar.
     """
 
@@ -128,6 +129,16 @@ class SyntheticPairGenerator:
     def datalist_path(self) -> Path:
         return self.output_dir / "datalist.json"
 
+    @staticmethod
+    def case_id(index: int) -> str:
+        """Folder name of the ``index``-th pair: ``synth_0000``, ``synth_0001``, ..."""
+        return f"synth_{index:04d}"
+
+    def case_files(self) -> list[Path]:
+        """The NIfTI files :meth:`run` writes: ``<output_dir>/<case_id>/{image,label}.nii.gz``."""
+        return [self.output_dir / self.case_id(i) / name for i in range(self.num_samples)
+                for name in ("image.nii.gz", "label.nii.gz")]
+
     @torch.no_grad()
     def sample_batch(self, n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` pairs: images ``(n, H, W, D)`` in HU (float32) and cleaned labels ``(n, H, W, D)`` (uint8)."""
@@ -150,10 +161,7 @@ class SyntheticPairGenerator:
 
     def run(self) -> Path:
         """Sample and write all pairs; returns the datalist path."""
-        if self.datalist_path.exists() and not self.overwrite:
-            raise FileExistsError(
-                f"synthetic datalist '{self.datalist_path}' exists; pass --overwrite True to sample again"
-            )
+        refuse_overwrite([self.datalist_path, *self.case_files()], self.overwrite)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         generator = torch.Generator().manual_seed(int(self.seed))
         entries = []
@@ -162,7 +170,7 @@ class SyntheticPairGenerator:
             n = min(self.batch_size, self.num_samples - done)
             images, labels = self.sample_batch(n, generator)
             for image, label in zip(images, labels):
-                case_id = f"synth_{done:04d}"
+                case_id = self.case_id(done)
                 case_dir = self.output_dir / case_id
                 case_dir.mkdir(parents=True, exist_ok=True)
                 nib.save(nib.Nifti1Image(image, self.affine), str(case_dir / "image.nii.gz"))

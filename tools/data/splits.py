@@ -5,7 +5,8 @@ Every preparation script (``prepare_aaa``, ``prepare_amos``, ``prepare_cardiac``
 public data set's own layout, then uses this module to
 
 * split the cases **by patient** (never by slice, never by scan of the same patient) with a seed,
-* refuse to replace existing outputs unless ``--overwrite`` (checked before anything is written),
+* refuse to replace existing outputs unless ``--overwrite`` (checked before anything is written, with
+  :func:`tools.engines.output_guard.refuse_overwrite`),
 * write the Decathlon-style datalist ``{"training": [...], "validation": [...], "test": [...]}`` with
   file paths relative to the datalist's folder, plus a JSON report.
 """
@@ -18,7 +19,7 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ import numpy as np
 __all__ = [
     "SPLITS",
     "check_fractions",
-    "check_outputs",
     "holdout_split",
     "patient_of",
     "print_table",
@@ -128,31 +128,6 @@ def holdout_split(entries: Sequence[dict], fraction: float = 0.1, seed: int = 0)
     train = [e for i, e in enumerate(entries) if i not in val_idx]
     val = [e for i, e in enumerate(entries) if i in val_idx]
     return train, val
-
-
-def check_outputs(paths: Iterable[str | Path], inputs: Iterable[str | Path] = (), overwrite: bool = False) -> None:
-    """Check, before anything is written, that no output exists (unless ``overwrite``) and that no
-    output is one of the input files (never allowed).
-
-    Raises:
-        FileExistsError: an output exists and ``overwrite`` is False (names the path).
-        ValueError: an output path is an input file.
-    """
-    resolved_inputs = {Path(p).resolve() for p in inputs}
-    existing = []
-    for path in paths:
-        path = Path(path)
-        if path.resolve() in resolved_inputs:
-            raise ValueError(
-                f"output '{path}' is an input file; choose another output folder (inputs are never overwritten)"
-            )
-        if path.exists():
-            existing.append(str(path))
-    if existing and not overwrite:
-        shown = ", ".join(f"'{p}'" for p in existing[:5]) + (
-            f" and {len(existing) - 5} more" if len(existing) > 5 else ""
-        )
-        raise FileExistsError(f"output {shown} already exists; nothing was written. Pass --overwrite to replace it")
 
 
 def _relative(entry: dict[str, Any], base: Path, file_keys: Sequence[str]) -> dict[str, Any]:

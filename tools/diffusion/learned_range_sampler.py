@@ -15,10 +15,11 @@ log sigma^2 = f log beta_t + (1 - f) log beta_tilde_t, so MONAI's step would add
 noise (linear interpolation of two positive numbers is always >= the geometric one). MONAI's step also
 uses ``alphas_cumprod[t - 1]`` as the previous value, which is wrong when fewer than T steps are taken.
 
-This module does the correct step: it reuses the scheduler's ``betas`` / ``alphas_cumprod``, respaces
-them to the chosen timesteps (as improved-DDPM's ``SpacedDiffusion``: new beta_i = 1 - abar_{t_i} / abar_{t_{i-1}}),
-and interpolates log variances with the clipped posterior log variance of the (respaced) chain. DDIM
-(Song et al. 2021) is the fast path: it uses only the eps channel, with ``eta`` = 0 deterministic.
+This module does the correct step: it reuses the scheduler's ``betas``, respaces them to the chosen
+timesteps (as improved-DDPM's ``SpacedDiffusion``), and interpolates log variances with the clipped
+posterior log variance of the (respaced) chain. DDIM (Song et al. 2021) is the fast path: it uses only
+the eps channel, with ``eta`` = 0 deterministic. All schedule math (respacing, posterior, DDIM step,
+learned-range interpolation) is in :mod:`tools.diffusion.schedule`.
 """
 
 from __future__ import annotations
@@ -29,22 +30,16 @@ from monai.inferers import Inferer
 from monai.networks.schedulers import Scheduler
 from monai.utils import convert_to_tensor, optional_import
 
-from tools.abdomen.hybrid_loss import ScheduleTerms
+from tools.diffusion.schedule import (
+    ScheduleTerms,
+    ddim_step,
+    eps_from_x0,
+    spaced_timesteps,
+)
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
-__all__ = ["spaced_timesteps", "LearnedRangeSampler"]
-
-
-def spaced_timesteps(num_train_timesteps: int, num_inference_steps: int) -> torch.Tensor:
-    """Evenly spaced, ascending, unique timesteps in [0, T-1] that always include 0 and T-1."""
-    if not 1 <= num_inference_steps <= num_train_timesteps:
-        raise ValueError(
-            f"num_inference_steps must be in [1, {num_train_timesteps}] (num_train_timesteps), got {num_inference_steps}."
-        )
-    if num_inference_steps == 1:
-        return torch.tensor([num_train_timesteps - 1])
-    return torch.unique(torch.linspace(0, num_train_timesteps - 1, num_inference_steps).round().long())
+__all__ = ["LearnedRangeSampler"]
 
 
 class LearnedRangeSampler(Inferer):
@@ -56,7 +51,7 @@ class LearnedRangeSampler(Inferer):
     Args:
         scheduler: MONAI scheduler of the training forward process (e.g. ``DDPMScheduler`` linear 1e-4..0.02).
         sampler: "ddpm" (ancestral, learned-range variance) or "ddim".
-        num_inference_steps: number of steps (DDPM default: all T; DDIM: e.g. 50).
+        num_inference_steps: number of steps in [1, T] (None: all T; DDIM: e.g. 50); one step starts at t = T - 1.
         image_channels: C, channels of the generated image.
         eta: DDIM stochasticity (0 = deterministic). Ignored for "ddpm".
         clip_denoised: clamp the predicted x_0 to [-1, 1] at each step.
@@ -82,7 +77,7 @@ class LearnedRangeSampler(Inferer):
         if sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}.")
         self.num_train_timesteps = int(scheduler.num_train_timesteps)
-        self.base_alphas_cumprod = torch.cumprod(1.0 - scheduler.betas.detach().double().cpu(), dim=0)
+        self.base_alphas_cumprod = ScheduleTerms.from_scheduler(scheduler).alphas_cumprod
         self.sampler = sampler
         self.image_channels = image_channels
         self.eta = float(eta)
@@ -90,14 +85,15 @@ class LearnedRangeSampler(Inferer):
         self.progress = progress
         self.amp = amp
         self.seed = seed
-        self.set_timesteps(num_inference_steps or self.num_train_timesteps)
+        self.set_timesteps(self.num_train_timesteps if num_inference_steps is None else num_inference_steps)
 
     def set_timesteps(self, num_inference_steps: int) -> None:
-        """Choose the timesteps and build the respaced chain's terms (``self.terms``, index i <-> ``timesteps[i]``)."""
+        """Choose the timesteps and build the respaced chain's terms (``self.terms``, index i <-> ``timesteps[i]``).
+
+        One step visits t = T - 1 (pure noise); see :func:`tools.diffusion.schedule.spaced_timesteps`.
+        """
         self.timesteps = spaced_timesteps(self.num_train_timesteps, int(num_inference_steps))
-        abar = self.base_alphas_cumprod[self.timesteps]
-        abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
-        self.terms = ScheduleTerms(1.0 - abar / abar_prev)
+        self.terms = ScheduleTerms.respaced(self.base_alphas_cumprod, self.timesteps)
 
     def step_log_variance(self, var_values: torch.Tensor, index: int) -> torch.Tensor:
         """Model log variance at chain index ``index``: f log beta_i + (1 - f) log beta_tilde_i (clipped)."""
@@ -129,18 +125,13 @@ class LearnedRangeSampler(Inferer):
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
         noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype) if index > 0 else None
         if self.sampler == "ddpm":
-            mean, _ = self.terms.q_posterior(pred_x0, x_t, t)
-            out = mean
+            out, _ = self.terms.q_posterior(pred_x0, x_t, t)
             if noise is not None:
-                out = mean + torch.exp(0.5 * self.step_log_variance(var_values, index)) * noise
+                out = out + torch.exp(0.5 * self.step_log_variance(var_values, index)) * noise
         else:
-            abar = self.terms.alphas_cumprod[index].to(x_t.device)
-            abar_prev = self.terms.alphas_cumprod_prev[index].to(x_t.device)
-            eps = (x_t / abar.sqrt() - pred_x0) / (1.0 / abar - 1.0).sqrt()  # eps consistent with clipped x_0
-            sigma = self.eta * ((1 - abar_prev) / (1 - abar)).sqrt() * (1 - abar / abar_prev).sqrt()
-            out = abar_prev.sqrt() * pred_x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
-            if noise is not None and self.eta > 0:
-                out = out + sigma * noise
+            eps = eps_from_x0(pred_x0, x_t, t, self.terms.alphas_cumprod)  # eps consistent with the clipped x_0
+            abar, abar_prev = self.terms.alphas_cumprod[index], self.terms.alphas_cumprod_prev[index]
+            out = ddim_step(pred_x0, eps, abar, abar_prev, eta=self.eta, noise=noise)
         return out.to(sample.dtype), pred_x0.to(sample.dtype)
 
     @torch.no_grad()

@@ -1,31 +1,88 @@
-"""Bundle checkpoint I/O: load a network's weights (main network under ``"model"``) with clear errors, and
-save the untrained network as ``checkpoint_iteration=0.pt`` so evaluations can compare against it."""
+"""Bundle checkpoint I/O: read a ``torch.save`` file safely (``weights_only=True``) with clear errors, load a
+network's weights (main network under ``"model"``), and save the untrained network as
+``checkpoint_iteration=0.pt`` so evaluations can compare against it.
+
+Every file the project reads back with ``torch.load`` goes through :func:`load_checkpoint`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["load_network", "save_initial_checkpoint"]
+__all__ = ["load_checkpoint", "load_network", "save_initial_checkpoint"]
 
 
-def load_network(network: nn.Module, checkpoint: str | Path, device: torch.device | str = "cpu",
-                 key: str = "model", eval_mode: bool = True) -> nn.Module:
-    """Load ``checkpoint[key]`` (``torch.load(..., weights_only=True)``) into ``network``, move it to ``device``.
+def _is_state_dict(content: Any) -> bool:
+    """A plain ``state_dict()``: a non-empty mapping whose every value is a tensor."""
+    return isinstance(content, Mapping) and bool(content) and all(torch.is_tensor(v) for v in content.values())
+
+
+def load_checkpoint(
+    path: str | Path,
+    key: str | None = None,
+    map_location: torch.device | str = "cpu",
+    accept_state_dict: bool = False,
+    hint: str = "",
+) -> Any:
+    """Read ``path`` with ``torch.load(..., weights_only=True)`` and return its content, or ``content[key]``.
+
+    Args:
+        path: file written by ``torch.save`` (a checkpoint dict such as ``{"model": ..., "optimizer": ...}``,
+            a plain state dict, or containers of tensors).
+        key: entry to return; ``None`` returns the whole content.
+        map_location: where tensors are loaded (default CPU; ``load_state_dict`` copies them to the network).
+        accept_state_dict: when ``key`` is missing but the file itself is a plain state dict (every value a
+            tensor, as model-zoo's ``models/model.pt``), return the file's content instead of failing.
+        hint: what to do about a missing file or key (e.g. ``"train the LDM stage first"``), added to the error.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (names it).
+        ValueError: ``key`` is missing, naming the keys found (or the content is not a dict).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint '{path}' does not exist ({hint or 'train the stage that writes it first'})"
+        )
+    content = torch.load(path, map_location=map_location, weights_only=True)
+    if key is None:
+        return content
+    if not isinstance(content, Mapping):
+        raise ValueError(f"checkpoint '{path}' holds a {type(content).__name__}, not a dict with a '{key}' entry")
+    if key in content:
+        return content[key]
+    if accept_state_dict and _is_state_dict(content):
+        return content
+    found = sorted(str(k) for k in content)
+    shown = found[:10] + ([f"... {len(found) - 10} more"] if len(found) > 10 else [])
+    raise ValueError(f"checkpoint '{path}' has no '{key}' entry (found {shown})" + (f"; {hint}" if hint else ""))
+
+
+def load_network(
+    network: nn.Module,
+    checkpoint: str | Path,
+    device: torch.device | str = "cpu",
+    key: str = "model",
+    eval_mode: bool = True,
+    accept_state_dict: bool = False,
+    hint: str = "",
+) -> nn.Module:
+    """Load ``checkpoint[key]`` (:func:`load_checkpoint`) into ``network``, move it to ``device``.
+
+    Args:
+        accept_state_dict, hint: as in :func:`load_checkpoint`.
+        eval_mode: return the network in ``eval()`` mode.
 
     Raises:
         FileNotFoundError: the checkpoint does not exist.
         ValueError: ``key`` is missing from the checkpoint.
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist (train the stage that writes it first)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if key not in state:
-        raise ValueError(f"checkpoint '{path}' has no '{key}' entry (found {sorted(state)})")
-    network.load_state_dict(state[key])
+    network.load_state_dict(load_checkpoint(checkpoint, key, accept_state_dict=accept_state_dict, hint=hint))
     network = network.to(device)
     return network.eval() if eval_mode else network
 

@@ -1,4 +1,9 @@
-"""Refuse to overwrite existing outputs unless asked (``--overwrite True``)."""
+"""Refuse to overwrite existing outputs unless asked (``--overwrite True``), and never write onto an input.
+
+The one check every writer of the project calls before it writes: bundle ``initialize`` sections
+(``$tools.engines.output_guard.refuse_overwrite([...], @overwrite)``), the evaluation and inference writers,
+and the data-preparation CLIs.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,40 @@ from pathlib import Path
 
 __all__ = ["refuse_overwrite"]
 
+_SHOWN = 5  # existing outputs named in the error message
 
-def refuse_overwrite(paths: Iterable[str | Path], overwrite: bool = False) -> None:
-    """Raise ``FileExistsError`` naming the first existing path unless ``overwrite``."""
+
+def refuse_overwrite(
+    paths: Iterable[str | Path | None], overwrite: bool = False, inputs: Iterable[str | Path] = ()
+) -> None:
+    """Check, before anything is written, that no output exists (unless ``overwrite``) and that no output
+    is one of ``inputs`` (never allowed, not even with ``overwrite``).
+
+    Args:
+        paths: the files about to be written; ``None`` entries are ignored.
+        overwrite: allow replacing existing outputs.
+        inputs: files an output must never be (compared after resolving links and relative parts).
+
+    Raises:
+        ValueError: an output is one of ``inputs`` (names it).
+        FileExistsError: outputs exist and ``overwrite`` is False (names up to five and says how to replace them).
+    """
+    outputs = [Path(p) for p in paths if p is not None]
+    resolved_inputs = {Path(p).resolve() for p in inputs}
+    if resolved_inputs:
+        for path in outputs:
+            if path.resolve() in resolved_inputs:
+                raise ValueError(
+                    f"output '{path}' is an input file; choose another output folder (inputs are never overwritten)"
+                )
     if overwrite:
         return
-    for p in paths:
-        if p is not None and Path(p).exists():
-            raise FileExistsError(f"output '{p}' already exists; pass --overwrite True to replace it")
+    existing = [str(p) for p in outputs if p.exists()]
+    if not existing:
+        return
+    shown = ", ".join(f"'{p}'" for p in existing[:_SHOWN])
+    if len(existing) > _SHOWN:
+        shown += f" and {len(existing) - _SHOWN} more"
+    if len(existing) == 1:
+        raise FileExistsError(f"output {shown} already exists; pass --overwrite True to replace it")
+    raise FileExistsError(f"outputs {shown} already exist; pass --overwrite True to replace them")
