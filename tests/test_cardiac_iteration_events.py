@@ -19,22 +19,16 @@ from monai.bundle import ConfigParser
 from monai.engines.utils import IterationEvents
 from monai.utils import AdversarialKeys
 
+from test_cardiac_bundle import TINY as BUNDLE_TINY  # the tiny sizes of the end-to-end cardiac test
 from tools.data.phantoms import ensure_phantoms
 from tools.engines.loss_terms import scalar_logs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "cardiac_ldm_ssl" / "configs"
 
 TINY = {
-    "image_size": [32, 32, 16],
-    "vae_channels": [8, 8, 8],
-    "ldm_channels": [8, 8],
-    "ldm_attention_levels": [False, True],
-    "ldm_num_head_channels": [0, 8],
-    "seg_features": [8, 8, 8, 8, 8, 8],
+    **BUNDLE_TINY,
     "d_channels": 8,
     "d_num_layers": 2,
-    "num_workers": 0,
-    "epochs": 1,
     "val_interval": 2,  # one epoch, no validation: only the training iterations matter here
 }
 

@@ -25,22 +25,24 @@ def test_import_contracts_are_kept():
     assert "5 kept, 0 broken" in result.stdout
 
 
-def test_a_shared_module_importing_a_paper_package_breaks_the_contract(tmp_path):
+def _lint_with_import(tmp_path: Path, module: str, line: str) -> subprocess.CompletedProcess:
+    """Lint a copy of ``tools`` whose file ``module`` (path below tools/) has ``line`` appended."""
     copy = tmp_path / "tools"
     shutil.copytree(ROOT / "tools", copy, ignore=shutil.ignore_patterns("__pycache__"))
-    target = copy / "metrics" / "roi_image_quality.py"
-    target.write_text(target.read_text() + "\nfrom tools.aortadiff.clinical_metrics import area_mm2  # noqa\n")
-    result = _lint(tmp_path)
+    target = copy / module
+    target.write_text(target.read_text() + f"\n{line}  # noqa\n")
+    return _lint(tmp_path)
+
+
+def test_a_shared_module_importing_a_paper_package_breaks_the_contract(tmp_path):
+    result = _lint_with_import(tmp_path, "metrics/roi_image_quality.py",
+                               "from tools.aortadiff.clinical_metrics import area_mm2")
     assert result.returncode != 0
     assert "tools.metrics.roi_image_quality -> tools.aortadiff.clinical_metrics" in result.stdout
     assert "shared folders never import a paper package" in result.stdout
 
 
 def test_paper_packages_importing_each_other_break_the_contract(tmp_path):
-    copy = tmp_path / "tools"
-    shutil.copytree(ROOT / "tools", copy, ignore=shutil.ignore_patterns("__pycache__"))
-    target = copy / "cardiac" / "dice_table.py"
-    target.write_text(target.read_text() + "\nfrom tools.abdomen import labels  # noqa\n")
-    result = _lint(tmp_path)
+    result = _lint_with_import(tmp_path, "cardiac/dice_table.py", "from tools.abdomen import labels")
     assert result.returncode != 0
     assert "paper packages are independent of each other BROKEN" in result.stdout

@@ -21,13 +21,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.networks.schedulers.ddpm import DDPMPredictionType
 from torch import nn
 
 from tools.aortadiff.kendall import KendallUncertaintyWeighting
 from tools.aortadiff.labeled_mse import labeled_mse
 from tools.aortadiff.lpips_loss import ROILPIPSLoss
-from tools.diffusion.schedule import q_sample, training_target, x0_from_output
+from tools.diffusion.schedule import check_prediction_type, q_sample, training_target, x0_from_output
 
 __all__ = ["AortaDiffLoss", "TERM_NAMES"]
 
@@ -65,9 +64,7 @@ class AortaDiffLoss(nn.Module):
                  use_mask_head: bool = True, x0_clamp: float = 1.5, roi_key: str = "roi", sdf_key: str = "lumen_sdf",
                  labeled_key: str = "labeled") -> None:
         super().__init__()
-        types = [p.value for p in DDPMPredictionType]
-        if prediction_type not in types:
-            raise ValueError(f"AortaDiffLoss: prediction_type must be one of {types}, got {prediction_type!r}")
+        check_prediction_type(prediction_type)
         self.register_buffer("alphas_cumprod", torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32).clone(),
                              persistent=False)
         self.loss_weighting = loss_weighting

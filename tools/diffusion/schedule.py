@@ -33,11 +33,13 @@ from __future__ import annotations
 import torch
 
 from monai.networks.schedulers import Scheduler
+from monai.networks.schedulers.ddpm import DDPMPredictionType
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES = tuple(p.value for p in DDPMPredictionType)  # ("epsilon", "sample", "v_prediction")
 
 __all__ = [
     "PREDICTION_TYPES",
+    "check_prediction_type",
     "spaced_timesteps",
     "step_beta",
     "respaced_betas",
@@ -56,7 +58,8 @@ __all__ = [
 AlphaBar = float | torch.Tensor
 
 
-def _check(prediction_type: str) -> None:
+def check_prediction_type(prediction_type: str) -> None:
+    """Raise ``ValueError`` unless ``prediction_type`` is one of MONAI's ``DDPMPredictionType`` values."""
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
@@ -160,7 +163,7 @@ def training_target(
 
     x0, noise: (B, C, *spatial); timesteps: (B,) long; alphas_cumprod: (T,).
     """
-    _check(prediction_type)
+    check_prediction_type(prediction_type)
     if prediction_type == "epsilon":
         return noise
     if prediction_type == "sample":
@@ -177,7 +180,7 @@ def x0_from_output(
     eps: ``(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``; v: ``sqrt(abar_t) x_t - sqrt(1 - abar_t) v``.
     output, x_t: (B, C, *spatial); timesteps: (B,); alphas_cumprod: (T,).
     """
-    _check(prediction_type)
+    check_prediction_type(prediction_type)
     if prediction_type == "sample":
         return output
     a, s = _coeffs(alphas_cumprod, timesteps, x_t.ndim, x_t)

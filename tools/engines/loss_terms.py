@@ -10,7 +10,6 @@ them with :func:`scalar_logs` like the loss itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from ignite.engine import Engine
@@ -40,16 +39,15 @@ class LossTermsHandler:
             engine.state.output.update(self.loss_function.last_terms)
 
 
-def scalar_logs(output: Any, keys: Sequence[str] | None = None) -> dict[str, float]:
+def scalar_logs(output: Any) -> dict[str, float]:
     """``{name: float}`` of the loss and its terms in a trainer output (decollated list or dict).
 
-    For the ``output_transform`` of ``StatsHandler`` / ``TensorBoardStatsHandler``: with ``keys`` only those,
-    otherwise the loss and every scalar entry (tensors of one element, floats, ints).
+    For the ``output_transform`` of ``StatsHandler`` / ``TensorBoardStatsHandler``: the loss and every scalar
+    entry (tensors of one element, floats, ints).
     """
     if isinstance(output, list):  # decollated: every item carries the same scalars
         output = output[0]
-    names = keys if keys is not None else [k for k, v in output.items() if _is_scalar(v)]
-    return {("loss" if k == CommonKeys.LOSS else k): float(output[k]) for k in names if k in output}
+    return {("loss" if k == CommonKeys.LOSS else k): float(v) for k, v in output.items() if _is_scalar(v)}
 
 
 def _is_scalar(value: Any) -> bool:
