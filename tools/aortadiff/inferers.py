@@ -266,3 +266,7 @@ class AortaDDIMInferer(_AortaFusionSampler):
         t = torch.full((x.shape[0],), self.train_timestep(a), device=x.device, dtype=torch.long)
         eps = eps_from_x0(x0, x, t, self.scheduler.alphas_cumprod)
         return ddim_step(x0, eps, self.abar(a), self.abar(b))
+
+
+#: the ``sampler`` values of inference.json, with the inferer each one selects
+SAMPLERS = {"repaint": AortaRePaintInferer, "ddim": AortaDDIMInferer}

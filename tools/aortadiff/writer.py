@@ -5,13 +5,18 @@ Per case, in ``output_dir/<case_id>/``: ``synthetic_cect.nii.gz`` (HU, float32),
 (NCCT | synthetic CECT | masks of a few slices), and with ``num_samples > 1`` ``std_hu.nii.gz`` (per-voxel
 standard deviation of the samples, HU) and ``uncertainty.json`` (``uncertainty_score`` = mean std in HU
 inside the aorta). Every NIfTI gets the affine (and s/qform codes) of the input NCCT file; shapes are
-checked against it. Existing files are never replaced unless ``overwrite``.
+checked against it. Existing files are never replaced unless ``overwrite``. A case is written into a
+temporary folder next to its final one and then moved in by renames, so a failure or a kill never leaves a
+half-written case folder.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -28,6 +33,28 @@ logger = logging.getLogger(__name__)
 OUTPUTS = {"synthetic_cect": np.float32, "lumen": np.uint8, "thrombus": np.uint8, "pred": np.uint8, "std_hu": np.float32}
 FILE_NAMES = {"synthetic_cect": "synthetic_cect.nii.gz", "lumen": "lumen.nii.gz", "thrombus": "thrombus.nii.gz",
               "pred": "label.nii.gz", "std_hu": "std_hu.nii.gz"}
+
+
+def case_outputs(output_dir: str | Path, case_id: str, num_samples: int = 1, preview: bool = True) -> list[Path]:
+    """The files inference writes for one case (what the output guard checks before sampling)."""
+    out = Path(output_dir) / Path(str(case_id)).name
+    names = [FILE_NAMES[k] for k in ("synthetic_cect", "lumen", "thrombus", "pred")]
+    if num_samples > 1:
+        names += [FILE_NAMES["std_hu"], "uncertainty.json"]
+    if preview:
+        names.append("preview.png")
+    return [out / n for n in names]
+
+
+def move_into(tmp: Path, out: Path) -> None:
+    """Move the files of the finished temporary folder ``tmp`` into ``out``: one rename of the folder when
+    ``out`` does not exist yet, else one atomic ``os.replace`` per file; ``tmp`` is removed."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
 
 
 def save_like(arr: np.ndarray, ref: nib.Nifti1Image, path: Path, dtype) -> None:
@@ -128,7 +155,21 @@ class WriteAortaDiffOutputsd(MapTransform):
         if "std_hu" in keys:
             targets.append(out / "uncertainty.json")
         refuse_overwrite(targets, self.overwrite)
-        out.mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{case}.partial-", dir=self.output_dir))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay on the renamed case folder
+        try:
+            self._write(d, ref, case, keys, tmp)
+            move_into(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        d["output_folder"] = str(out)
+        return d
+
+    def _write(self, d: dict, ref: nib.Nifti1Image, case: str, keys: list[str], out: Path) -> None:
+        """Write every product of one case into the folder ``out``."""
         arrays = {k: convert_to_numpy(d[k])[0] for k in keys}
         for k in keys:
             save_like(arrays[k], ref, out / FILE_NAMES[k], OUTPUTS[k])
@@ -143,5 +184,3 @@ class WriteAortaDiffOutputsd(MapTransform):
             preview_png(ncct, arrays["synthetic_cect"], arrays.get("lumen", np.zeros(ncct.shape)),
                         arrays.get("thrombus", np.zeros(ncct.shape)), out / "preview.png", self.window,
                         std_hu=arrays.get("std_hu") if self.num_samples > 1 else None)
-        d["output_folder"] = str(out)
-        return d

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from collections.abc import Sequence
 
+from tools.engines.errors import InputFileError, InputValueError
+
 __all__ = ["load_datalist"]
 
 
@@ -37,30 +39,30 @@ def load_datalist(
     """
     path = Path(datalist).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"datalist '{path}' does not exist")
+        raise InputFileError(f"datalist '{path}' does not exist")
     try:
         content = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"datalist '{path}' is not valid JSON: {e}") from e
+        raise InputValueError(f"datalist '{path}' is not valid JSON: {e}") from e
     if not isinstance(content, dict) or split not in content:
         keys = sorted(content) if isinstance(content, dict) else type(content).__name__
-        raise ValueError(f"datalist '{path}' has no split '{split}' (found: {keys})")
+        raise InputValueError(f"datalist '{path}' has no split '{split}' (found: {keys})")
     base = Path(base_dir) if base_dir is not None else path.parent
     entries = content[split]
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ValueError(f"datalist '{path}', split '{split}': expected a list of dicts")
+        raise InputValueError(f"datalist '{path}', split '{split}': expected a list of dicts")
     resolved = []
     for i, entry in enumerate(entries):
         missing = [k for k in required_keys if k not in entry]
         if missing:
-            raise ValueError(f"datalist '{path}', split '{split}', entry {i}: missing key(s) {missing}")
+            raise InputValueError(f"datalist '{path}', split '{split}', entry {i}: missing key(s) {missing}")
         item = dict(entry)
         for key, value in entry.items():
             if isinstance(value, str) and _looks_like_file(value):
                 file = Path(value).expanduser()
                 file = file if file.is_absolute() else base / file
                 if not file.exists():
-                    raise FileNotFoundError(
+                    raise InputFileError(
                         f"datalist '{path}', split '{split}', entry {i}, key '{key}': file '{file}' does not exist"
                     )
                 item[key] = str(file)

@@ -11,6 +11,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from tools.engines.errors import InputFileError, InputValueError
+
 __all__ = [
     "NIFTI_SUFFIXES",
     "case_name",
@@ -44,13 +46,13 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"NIfTI file '{path}' does not exist")
+        raise InputFileError(f"NIfTI file '{path}' does not exist")
     try:
         img = nib.load(str(path))
     except Exception as e:  # nibabel raises several types for corrupt/unknown files
-        raise ValueError(f"cannot read NIfTI file '{path}': {e}") from e
+        raise InputValueError(f"cannot read NIfTI file '{path}': {e}") from e
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise ValueError(f"'{path}' is a {type(img).__name__}, expected a NIfTI image")
+        raise InputValueError(f"'{path}' is a {type(img).__name__}, expected a NIfTI image")
     return img
 
 
@@ -59,8 +61,9 @@ def load_array(path: str | Path, img: nib.Nifti1Image | None = None) -> np.ndarr
     img = img if img is not None else load_nifti(path)
     try:
         return np.asanyarray(img.dataobj)
-    except Exception as e:
-        raise ValueError(f"cannot read the voxel data of NIfTI file '{path}': {e}") from e
+    except Exception as e:  # a truncated .nii.gz raises EOFError / zlib.error / OSError
+        raise InputValueError(f"cannot read the voxel data of NIfTI file '{path}' (truncated or corrupt file?): "
+                              f"{type(e).__name__}: {e}") from e
 
 
 def load_labels(path: str | Path, img: nib.Nifti1Image | None = None) -> np.ndarray:
@@ -71,7 +74,7 @@ def load_labels(path: str | Path, img: nib.Nifti1Image | None = None) -> np.ndar
     if not np.issubdtype(data.dtype, np.integer):
         rounded = np.rint(data)
         if not np.array_equal(rounded, data):
-            raise ValueError(f"label map '{path}' holds non-integer values; expected integer class ids")
+            raise InputValueError(f"label map '{path}' holds non-integer values; expected integer class ids")
         data = rounded.astype(np.int64)
     return data
 
@@ -101,14 +104,22 @@ def check_same_grid(path_a: str | Path, img_a, path_b: str | Path, img_b, atol: 
     (affine entries equal within ``atol`` mm)."""
     shape_a, shape_b = tuple(img_a.shape[:3]), tuple(img_b.shape[:3])
     if shape_a != shape_b:
-        raise ValueError(
-            f"'{path_a}' (shape {shape_a}) and '{path_b}' (shape {shape_b}) are not on the same voxel grid"
+        raise InputValueError(
+            f"'{path_a}' (shape {shape_a}) and '{path_b}' (shape {shape_b}) are not on the same voxel grid; "
+            "resample one onto the other"
         )
     if not np.allclose(img_a.affine, img_b.affine, atol=atol):
-        raise ValueError(
-            f"'{path_a}' and '{path_b}' have different affines (not on the same grid):\n"
-            f"{np.array2string(img_a.affine, precision=4)}\nvs\n{np.array2string(img_b.affine, precision=4)}"
+        worst = float(np.abs(np.asarray(img_a.affine) - np.asarray(img_b.affine)).max())
+        raise InputValueError(
+            f"'{path_a}' and '{path_b}' have different affines (not on the same grid; largest difference "
+            f"{worst:.4g} mm, tolerance {atol} mm): {_flat(img_a.affine)} vs {_flat(img_b.affine)}; "
+            "resample one onto the other"
         )
+
+
+def _flat(affine) -> str:
+    """The top three rows of an affine on one line."""
+    return "[" + "; ".join(" ".join(f"{v:.4g}" for v in row) for row in np.asarray(affine)[:3]) + "]"
 
 
 def save_label_like(labels: np.ndarray, reference: nib.Nifti1Image, path: str | Path) -> Path:

@@ -7,10 +7,14 @@ and the data-preparation CLIs.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["refuse_overwrite"]
+from tools.engines.errors import InputValueError, OutputExistsError
+
+__all__ = ["check_writable", "refuse_overwrite"]
 
 _SHOWN = 5  # existing outputs named in the error message
 
@@ -27,15 +31,15 @@ def refuse_overwrite(
         inputs: files an output must never be (compared after resolving links and relative parts).
 
     Raises:
-        ValueError: an output is one of ``inputs`` (names it).
-        FileExistsError: outputs exist and ``overwrite`` is False (names up to five and says how to replace them).
+        InputValueError (a ValueError): an output is one of ``inputs`` (names it).
+        OutputExistsError (a FileExistsError): outputs exist and ``overwrite`` is False (names up to five and says how to replace them).
     """
     outputs = [Path(p) for p in paths if p is not None]
     resolved_inputs = {Path(p).resolve() for p in inputs}
     if resolved_inputs:
         for path in outputs:
             if path.resolve() in resolved_inputs:
-                raise ValueError(
+                raise InputValueError(
                     f"output '{path}' is an input file; choose another output folder (inputs are never overwritten)"
                 )
     if overwrite:
@@ -47,5 +51,31 @@ def refuse_overwrite(
     if len(existing) > _SHOWN:
         shown += f" and {len(existing) - _SHOWN} more"
     if len(existing) == 1:
-        raise FileExistsError(f"output {shown} already exists; pass --overwrite True to replace it")
-    raise FileExistsError(f"outputs {shown} already exist; pass --overwrite True to replace them")
+        raise OutputExistsError(f"output {shown} already exists; pass --overwrite True to replace it")
+    raise OutputExistsError(f"outputs {shown} already exist; pass --overwrite True to replace them")
+
+
+def check_writable(folder: str | Path, key: str = "output_dir") -> None:
+    """Check, before long work starts, that files can be written into ``folder`` (config key ``key``): an
+    existing folder gets a probe file (written and removed at once); a missing one needs its nearest existing
+    parent to be a writable folder. Nothing is created.
+
+    Raises:
+        InputValueError: ``folder`` (or the parent it would be made in) is a file or is not writable.
+    """
+    folder = Path(folder).expanduser().absolute()
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputValueError(f"{key} '{folder}': '{parent}' is a file, not a folder; choose another output folder")
+    if parent != folder:
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InputValueError(f"{key} '{folder}' cannot be created: '{parent}' is not writable; choose another folder")
+        return
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write_probe_", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputValueError(f"{key} '{folder}' is not writable ({e.strerror}); choose another folder") from e

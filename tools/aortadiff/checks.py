@@ -1,0 +1,52 @@
+"""AortaDiff's ``check_inputs`` steps: every input of a training or inference run is checked in the config's
+``initialize``, before any phantom cache, cache dataset, training step or sampling (generic checks in
+:mod:`tools.data.checks`; each error names the file/key or the config key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tools.aortadiff.inferers import SAMPLERS
+from tools.aortadiff.writer import case_outputs
+from tools.data.checks import check_choice, check_entries, check_nonempty, check_patient_overlap, check_positive
+from tools.data.datalist import load_datalist
+from tools.engines.output_guard import check_writable, refuse_overwrite
+
+__all__ = ["check_inference_inputs", "check_training_inputs"]
+
+REQUIRED = ("ncct", "cect", "aorta")
+
+
+def check_training_inputs(datalist: str | Path, image_size: int, iterations: int, val_interval: int, batch_size: int,
+                          state_interval: int, output_dir: str | Path, ckpt_dir: str | Path) -> None:
+    """Config values positive; datalist split by patient; training and validation splits non-empty; every
+    NCCT/CECT readable, 3D, finite and in HU; aorta/lumen masks readable and on their NCCT's grid; output
+    folders writable."""
+    check_positive(image_size=image_size, iterations=iterations, val_interval=val_interval, batch_size=batch_size,
+                   state_interval=state_interval)
+    check_patient_overlap(datalist)
+    entries = []
+    for split in ("training", "validation"):
+        files = load_datalist(datalist, split, required_keys=REQUIRED)
+        check_nonempty(files, split, datalist)
+        entries += files
+    check_entries(entries, image_keys=("ncct", "cect"), mask_keys=("aorta", "lumen"))
+    check_writable(output_dir, "output_dir")
+    check_writable(ckpt_dir, "ckpt_dir")
+
+
+def check_inference_inputs(entries: Sequence[dict], output_dir: str | Path, overwrite: bool, sampler: str,
+                           image_size: int, num_inference_steps: int, num_samples: int, slice_batch_size: int,
+                           preview: bool = True) -> None:
+    """``sampler`` known and sizes positive; every NCCT readable, 3D, finite and in HU with its aorta mask on
+    its grid; the output folder writable and each case's outputs free (or ``overwrite``): all before the
+    (possibly hours long) sampling."""
+    check_choice("sampler", sampler, SAMPLERS)
+    check_positive(image_size=image_size, num_inference_steps=num_inference_steps, num_samples=num_samples,
+                   slice_batch_size=slice_batch_size)
+    check_entries(entries, image_keys=("image",), mask_keys=("aorta",))
+    check_writable(output_dir, "output_dir")
+    targets = [p for e in entries for p in case_outputs(output_dir, e["case_id"], num_samples, preview)]
+    refuse_overwrite(targets, overwrite, inputs=[e["image"] for e in entries] + [e["aorta"] for e in entries])
