@@ -84,10 +84,10 @@ def test_train_writes_checkpoints_with_model_key(trained):
     state = torch.load(root / "models" / "model.pt", weights_only=True)
     assert "model" in state and "optimizer" in state
     assert any("guide_encoder" in k for k in state["model"])  # the edge-guided network was trained
-    # a second run refuses to overwrite the trained model
+    # a second run finds the finished run's state (--resume auto): nothing left to train, nothing overwritten
     with pytest.raises(RuntimeError) as err:
         run("training", config_file=[str(CONFIGS / "train.json")], iterations=2, val_interval=2, **trained[1])
-    assert isinstance(err.value.__cause__, FileExistsError) and "model.pt" in str(err.value.__cause__)
+    assert isinstance(err.value.__cause__, FileExistsError) and "already reached iteration" in str(err.value.__cause__)
 
 
 def test_training_logs_the_hybrid_loss_terms(trained):

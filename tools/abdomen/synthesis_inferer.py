@@ -17,6 +17,7 @@ from monai.inferers import Inferer
 from monai.utils import optional_import
 
 from tools.data.transforms import unit_to_hu
+from tools.engines.errors import InputFileError, InputValueError
 from tools.engines.output_guard import refuse_overwrite
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
@@ -108,13 +109,13 @@ def check_inference_io(
     """
     files = [str(f) for f in ([input_files] if isinstance(input_files, (str, Path)) else input_files)]
     if not files:
-        raise ValueError("inference: 'input_files' is empty; expected one or more NIfTI label maps (AMOS ids).")
+        raise InputValueError("inference: 'input_files' is empty; expected one or more NIfTI label maps (AMOS ids).")
     outputs = []
     for f in files:
         if not f.endswith((".nii", ".nii.gz")):
-            raise ValueError(f"inference: input '{f}' (key 'input_files') is not a NIfTI label map (.nii / .nii.gz).")
+            raise InputValueError(f"inference: input '{f}' (key 'input_files') is not a NIfTI label map (.nii / .nii.gz).")
         if not Path(f).is_file():
-            raise FileNotFoundError(f"inference: input label map '{f}' (key 'input_files') does not exist.")
+            raise InputFileError(f"inference: input label map '{f}' (key 'input_files') does not exist.")
         stem = Path(f).name.removesuffix(".gz").removesuffix(".nii")
         outputs.append(str(Path(output_dir) / f"{stem}_{postfix}.nii.gz"))
     refuse_overwrite(outputs, overwrite, inputs=files)

@@ -40,13 +40,13 @@ def check_training_inputs(datalist: str | Path, image_size: int, iterations: int
 def check_inference_inputs(entries: Sequence[dict], output_dir: str | Path, overwrite: bool, sampler: str,
                            image_size: int, num_inference_steps: int, num_samples: int, slice_batch_size: int,
                            preview: bool = True) -> None:
-    """``sampler`` known and sizes positive; every NCCT readable, 3D, finite and in HU with its aorta mask on
-    its grid; the output folder writable and each case's outputs free (or ``overwrite``): all before the
-    (possibly hours long) sampling."""
+    """``sampler`` known and sizes positive; the output folder writable and each case's outputs free (or
+    ``overwrite``): all before the (possibly hours long) sampling. ``entries`` come from
+    :func:`tools.aortadiff.inputs.inference_entries`, which checked every NCCT and aorta mask (readable, 3D,
+    finite, HU, same grid, aorta not empty)."""
     check_choice("sampler", sampler, SAMPLERS)
     check_positive(image_size=image_size, num_inference_steps=num_inference_steps, num_samples=num_samples,
                    slice_batch_size=slice_batch_size)
-    check_entries(entries, image_keys=("image",), mask_keys=("aorta",))
     check_writable(output_dir, "output_dir")
     targets = [p for e in entries for p in case_outputs(output_dir, e["case_id"], num_samples, preview)]
     refuse_overwrite(targets, overwrite, inputs=[e["image"] for e in entries] + [e["aorta"] for e in entries])

@@ -1,37 +1,43 @@
 """Inference inputs of AortaDiff: an NCCT volume plus its aorta mask, checked before anything runs.
 
-Errors name the file: a missing NCCT or aorta mask (``FileNotFoundError``), an aorta mask on another grid
-than the NCCT (``ValueError`` with both shapes/affines) and an empty aorta mask (``ValueError``).
+Errors name the file: a missing NCCT or aorta mask (``FileNotFoundError``); an unreadable (e.g. truncated) or
+non-3D file, NaN/inf or non-HU NCCT values, an aorta mask on another grid than the NCCT (both shapes/affines)
+and an empty aorta mask (``ValueError``); all are :class:`tools.engines.errors.BundleInputError`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
+from tools.data.checks import check_finite, check_hu, read_volume
 from tools.data.datalist import load_datalist
+from tools.engines.errors import InputFileError, InputValueError
 
 
 def check_aorta_inputs(ncct_file: str | Path, aorta_file: str | Path | None, atol_mm: float = 1e-3) -> None:
     """Raise a clear error unless ``aorta_file`` exists, lies on ``ncct_file``'s grid and is not empty."""
     ncct_file = Path(ncct_file)
     if not ncct_file.is_file():
-        raise FileNotFoundError(f"NCCT volume '{ncct_file}' does not exist (key 'ncct' / --input_ncct)")
+        raise InputFileError(f"NCCT volume '{ncct_file}' does not exist (key 'ncct' / --input_ncct)")
     if aorta_file is None or str(aorta_file) == "":
-        raise FileNotFoundError(f"no aorta mask given for NCCT '{ncct_file}': AortaDiff needs the aorta mask "
+        raise InputFileError(f"no aorta mask given for NCCT '{ncct_file}': AortaDiff needs the aorta mask "
                                 "(key 'aorta' in the datalist, or --input_aorta FILE)")
     aorta_file = Path(aorta_file)
     if not aorta_file.is_file():
-        raise FileNotFoundError(f"aorta mask '{aorta_file}' (for NCCT '{ncct_file}') does not exist")
-    img, msk = nib.load(str(ncct_file)), nib.load(str(aorta_file))
+        raise InputFileError(f"aorta mask '{aorta_file}' (for NCCT '{ncct_file}') does not exist")
+    img, ncct = read_volume(ncct_file, "ncct")
+    msk, aorta = read_volume(aorta_file, "aorta")
+    check_finite(ncct_file, "ncct", ncct)
+    check_hu(ncct_file, "ncct", ncct)
     if img.shape[:3] != msk.shape[:3] or not np.allclose(img.affine, msk.affine, atol=atol_mm):
-        raise ValueError(
+        raise InputValueError(
             f"aorta mask '{aorta_file}' is not on the grid of NCCT '{ncct_file}': shape {msk.shape} vs {img.shape}, "
-            f"affine\n{np.round(msk.affine, 4)}\nvs\n{np.round(img.affine, 4)}; resample the mask onto the NCCT grid")
-    if not np.any(np.asarray(msk.dataobj)):
-        raise ValueError(f"aorta mask '{aorta_file}' is empty (no voxel > 0): nothing to generate for NCCT '{ncct_file}'")
+            f"affine {np.round(msk.affine[:3], 4).tolist()} vs {np.round(img.affine[:3], 4).tolist()}; "
+            "resample the mask onto the NCCT grid")
+    if not np.any(aorta):
+        raise InputValueError(f"aorta mask '{aorta_file}' is empty (no voxel > 0): nothing to generate for NCCT '{ncct_file}'")
 
 
 def inference_entries(datalist: str | Path | None = None, split: str = "test", input_ncct: str | None = None,
@@ -47,7 +53,7 @@ def inference_entries(datalist: str | Path | None = None, split: str = "test", i
     elif datalist:
         raw = load_datalist(datalist, split, required_keys=("ncct",))
     else:
-        raise ValueError("inference needs --input_ncct FILE (and --input_aorta FILE) or a datalist with split "
+        raise InputValueError("inference needs --input_ncct FILE (and --input_aorta FILE) or a datalist with split "
                          f"'{split}'")
     out = []
     for i, e in enumerate(raw):

@@ -6,14 +6,17 @@ units) of the file it was made from; only its data type becomes uint8 (no intens
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from monai.data import NibabelWriter
 
 from tools.engines.errors import InputFileError, InputValueError
 
 __all__ = [
+    "AtomicNibabelWriter",
     "NIFTI_SUFFIXES",
     "case_name",
     "check_same_grid",
@@ -147,3 +150,18 @@ def save_label_like(labels: np.ndarray, reference: nib.Nifti1Image, path: str | 
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(out, str(path))
     return path
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's ``NibabelWriter`` that writes to a temporary name in the target folder, then renames: a failed
+    or killed run never leaves a half-written NIfTI under the final name (``SaveImaged(writer=...)``)."""
+
+    def write(self, filename, verbose: bool = False, **obj_kwargs) -> None:
+        path = Path(filename)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")  # keeps the .nii / .nii.gz suffix
+        try:
+            super().write(str(tmp), verbose=verbose, **obj_kwargs)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -39,7 +39,10 @@ from tools.diffusion.schedule import (
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
-__all__ = ["LearnedRangeSampler"]
+__all__ = ["SAMPLERS", "LearnedRangeSampler"]
+
+#: the ``sampler`` values LearnedRangeSampler accepts
+SAMPLERS = ("ddpm", "ddim")
 
 
 class LearnedRangeSampler(Inferer):
@@ -74,7 +77,7 @@ class LearnedRangeSampler(Inferer):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        if sampler not in ("ddpm", "ddim"):
+        if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}.")
         self.num_train_timesteps = int(scheduler.num_train_timesteps)
         self.base_alphas_cumprod = ScheduleTerms.from_scheduler(scheduler).alphas_cumprod

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
@@ -125,6 +126,10 @@ def _loss(output: Any) -> float | None:
     return float(value.detach().float().mean()) if torch.is_tensor(value) else float(value)
 
 
+def _is_rank0() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 class TrainingState:
     """Ignite handler: periodic full-state checkpoints, resume at attach, stop-and-restore on a NaN loss.
 
@@ -164,7 +169,7 @@ class TrainingState:
         self.resumed_from = resume_from(self.save_dir, self.resume, self.overwrite, self.prefix)
         if self.resumed_from is not None:
             self._load(engine, to_save, self.resumed_from)
-        elif self.overwrite:
+        elif self.overwrite and _is_rank0():
             for old in state_files(self.save_dir, self.prefix):  # a new run replaces the old run's states
                 old.unlink()
         self.checkpoint = Checkpoint(
@@ -196,7 +201,7 @@ class TrainingState:
         logger.info("resumed from '%s' at iteration %d", path, engine.state.iteration)
 
     def _save(self, engine: Engine) -> None:
-        if not self.diverged:
+        if not self.diverged and _is_rank0():  # every rank resumes; rank 0 saves
             self.checkpoint(engine)
 
     def _check_loss(self, engine: Engine) -> None:
