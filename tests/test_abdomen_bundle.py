@@ -86,7 +86,8 @@ def test_train_writes_checkpoints_with_model_key(trained):
     assert any("guide_encoder" in k for k in state["model"])  # the edge-guided network was trained
     # a second run finds the finished run's state (--resume auto): nothing left to train, nothing overwritten
     with pytest.raises(RuntimeError) as err:
-        run("training", config_file=[str(CONFIGS / "train.json")], iterations=2, val_interval=2, **trained[1])
+        run("training", config_file=[str(CONFIGS / "train.json")], iterations=2, val_interval=2,
+            conditioning="edge_guided", **trained[1])
     assert isinstance(err.value.__cause__, FileExistsError) and "already reached iteration" in str(err.value.__cause__)
 
 

@@ -224,6 +224,81 @@ AORTA_CASES = [_truncated_gzip, _shifted_affine, _inplane_shape, _raw_scanner_va
                _existing_outputs, _checkpoint_of_another_bundle]
 
 
+def abdomen_train(case: Case, **kw) -> tuple[list[Path], str, dict]:
+    over = {"datalist": str(case.datalist), "ckpt_dir": str(case.models), "output_dir": str(case.runs),
+            "image_size": 32, "iterations": 2, "val_interval": 2, "batch_size": 2, "num_workers": 0, **kw}
+    return [ABDOMEN / "train.json"], "training", over
+
+
+def abdomen_infer(case: Case, files: list[Path], **kw) -> tuple[list[Path], str, dict]:
+    over = {"input_files": [str(f) for f in files], "ckpt_dir": str(case.models), "output_dir": str(case.runs),
+            "image_size": 32, "sampler": "ddim", "num_inference_steps": 2, **kw}
+    return [ABDOMEN / "inference.json"], "inference", over
+
+
+def cardiac_train(case: Case, **kw) -> tuple[list[Path], str, dict]:
+    over = {"datalist": str(case.datalist), "ckpt_dir": str(case.models), "output_dir": str(case.runs),
+            "image_size": [32, 32, 16], "epochs": 1, "num_workers": 0, **kw}
+    return [CARDIAC / "common.json", CARDIAC / "train_autoencoder.json", CARDIAC / "small.json"], "training", over
+
+
+def cardiac_infer(case: Case, **kw) -> tuple[list[Path], str, dict]:
+    over = {"datalist": str(case.datalist), "ckpt_dir": str(case.models), "output_dir": str(case.runs),
+            "image_size": [32, 32, 16], **kw}
+    return [CARDIAC / "inference.json"], "inference", over
+
+
+def _abdomen_unknown_label_id(case: Case):
+    path = case.file("test", 0, "label")
+    case.resave(path, fn=lambda a: np.where(a == a.max(), 23, a))
+    return abdomen_infer(case, [path]), [str(path), "[23]", "label_mapping 'amos'"]
+
+
+def _abdomen_training_label_id(case: Case):
+    path = case.file("training", 0, "label")
+    case.resave(path, fn=lambda a: np.where(a == a.max(), 40, a))
+    return abdomen_train(case), [str(path), "[40]"]
+
+
+def _abdomen_unknown_val_sampler(case: Case):
+    return abdomen_train(case, val_sampler="plms"), ["'val_sampler'", "'plms'"]
+
+
+def _cardiac_existing_output(case: Case):
+    image = case.file("test", 0, "image")
+    out = case.runs / image.name.replace(".nii.gz", "_seg.nii.gz")
+    out.write_bytes(b"an earlier segmentation")
+    return cardiac_infer(case), [str(out), "--overwrite True"]
+
+
+def _cardiac_label_out_of_range(case: Case):
+    path = case.file("training", 0, "label")
+    case.resave(path, fn=lambda a: np.where(a == a.max(), 12, a))
+    return cardiac_train(case), [str(path), "[12]", "num_classes 9"]
+
+
+def _cardiac_negative_image_size(case: Case):
+    return cardiac_train(case, image_size=[32, -32, 16]), ["'image_size'", "-32"]
+
+
+def _cardiac_nan_inference(case: Case):
+    path = case.file("test", 0, "image")
+    case.resave(path, fn=_set_nan)
+    return cardiac_infer(case), [str(path), "NaN"]
+
+
+def _cardiac_two_d_file(case: Case):
+    path = case.file("test", 0, "image")
+    case.resave(path, fn=lambda a: a[:, :, 3])
+    return cardiac_infer(case), [str(path), "2D"]
+
+
+OTHER_CASES = [("abdomen", f) for f in (_abdomen_unknown_label_id, _abdomen_training_label_id,
+                                        _abdomen_unknown_val_sampler)] + \
+              [("heart", f) for f in (_cardiac_existing_output, _cardiac_label_out_of_range, _cardiac_negative_image_size,
+                                      _cardiac_nan_inference, _cardiac_two_d_file)]
+
+
 def _expect_error(tmp: Path, configs: list[Path], workflow: str, over: dict, must_name: list[str]) -> str:
     before = _tree(tmp)
     wf = ConfigWorkflow(config_file=[str(c) for c in configs], workflow_type=workflow, **over)
@@ -236,12 +311,20 @@ def _expect_error(tmp: Path, configs: list[Path], workflow: str, over: dict, mus
     for part in must_name:
         assert part in msg, f"{part!r} not in {msg!r}"
     assert _tree(tmp) == before, "files were written or changed"
+    print(f"message: {msg}")  # shown with pytest -s
     return msg
 
 
 @pytest.mark.parametrize("make", AORTA_CASES, ids=lambda f: f.__name__.strip("_"))
 def test_aortadiff_bad_input(make, phantoms, tmp_path):
     case = Case(tmp_path, phantoms["aaa"])
+    (configs, workflow, over), must_name = make(case)
+    _expect_error(tmp_path, configs, workflow, over, must_name)
+
+
+@pytest.mark.parametrize("anatomy,make", OTHER_CASES, ids=lambda x: x.__name__.strip("_") if callable(x) else x)
+def test_abdomen_cardiac_bad_input(anatomy, make, phantoms, tmp_path):
+    case = Case(tmp_path, phantoms[anatomy])
     (configs, workflow, over), must_name = make(case)
     _expect_error(tmp_path, configs, workflow, over, must_name)
 

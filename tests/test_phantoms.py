@@ -294,3 +294,21 @@ def test_ensure_phantoms_concurrent_callers(tmp_path):
     data = json.loads(Path(paths[0]).read_text())
     assert sorted(e["case_id"] for v in data.values() for e in v) == ["heart_000", "heart_001", "heart_002"]
     assert json.loads((out / "phantom_params.json").read_text())["complete"] is True
+
+
+def test_generate_waits_for_the_folder_lock(tmp_path):
+    """generate() itself takes the folder's lock: a second writer waits, so a folder is never mixed."""
+    import threading
+    import time
+
+    from tools.data.phantoms import _lock, _lock_path
+
+    out = tmp_path / "aaa"
+    result = {}
+    with _lock(_lock_path(out)):
+        worker = threading.Thread(target=lambda: result.update(path=generate("aaa", 2, out, size=32, slices=8)))
+        worker.start()
+        time.sleep(0.5)
+        assert worker.is_alive() and not out.exists()  # waiting for the lock, nothing written
+    worker.join(timeout=120)
+    assert result["path"] == out / "datalist.json" and json.loads((out / "phantom_params.json").read_text())["complete"]

@@ -277,6 +277,19 @@ def generate(anatomy: str, cases: int, out: str | Path, seed: int = 0, size: int
     """
     _check_args(anatomy, cases, size, slices, unlabeled_fraction, seed)
     out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(_lock_path(out)):  # a second run into the same folder waits, then sees the first one's result
+        return _generate(anatomy, cases, out, seed, size, slices, unlabeled_fraction, overwrite, workers)
+
+
+def _lock_path(out: Path) -> Path:
+    """The lock file of phantom folder ``out`` (beside it, so that emptying ``out`` keeps the lock)."""
+    return out.parent / f".{out.name}.lock"
+
+
+def _generate(anatomy: str, cases: int, out: Path, seed: int, size: int, slices: int, unlabeled_fraction: float,
+              overwrite: bool, workers: int | None) -> Path:
+    """:func:`generate` once the folder's lock is held."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"out {str(out)!r} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -335,7 +348,7 @@ def ensure_phantoms(anatomy: str, out: str | Path, cases: int = 20, seed: int = 
     frac = kw.get("unlabeled_fraction", 0.25)
     _check_args(anatomy, cases, size, slices, frac, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(out.parent / f".{out.name}.lock"):  # two runs sharing a cache folder wait for each other
+    with _lock(_lock_path(out)):  # two runs sharing a cache folder wait for each other
         return _ensure(anatomy, out, cases, seed, size, slices, frac, **kw)
 
 
@@ -362,11 +375,11 @@ def _ensure(anatomy: str, out: Path, cases: int, seed: int, size: int, slices: i
         same = old.get("complete") and all(old.get(k) == v for k, v in want.items())
         if same and (out / "datalist.json").is_file():
             return str(out / "datalist.json")
-        return str(generate(anatomy, cases, out, seed, size, slices, overwrite=True, **kw))
+        return str(_generate(anatomy, cases, out, seed, size, slices, frac, True, kw.get("workers")))
     if out.is_dir() and any(out.iterdir()):
         raise FileExistsError(f"phantom folder {str(out)!r} is not empty and has no {PARAMS_FILE} from {GENERATOR}; "
                               "choose another folder or empty it")
-    return str(generate(anatomy, cases, out, seed, size, slices, overwrite=False, **kw))
+    return str(_generate(anatomy, cases, out, seed, size, slices, frac, False, kw.get("workers")))
 
 
 # --------------------------------------------------------------------------------------------------

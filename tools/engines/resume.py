@@ -188,7 +188,12 @@ class TrainingState:
             raise InputValueError(f"training state '{path}' lacks {missing} (found {sorted(checkpoint)}): it was "
                                   "written by another config; use another ckpt_dir or --overwrite True")
         max_epochs, epoch_length = engine.state.max_epochs, engine.state.epoch_length
-        Checkpoint.load_objects(to_load=to_save, checkpoint=checkpoint)
+        try:
+            Checkpoint.load_objects(to_load=to_save, checkpoint=checkpoint)
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputValueError(f"training state '{path}' does not fit this config ({first.rstrip(':')}): it was "
+                                  "written with other settings; use those, another ckpt_dir, or --overwrite True") from e
         engine.state.max_epochs = max_epochs  # the config's length wins (so --iterations can extend a run)
         if epoch_length is not None:
             engine.state.epoch_length = epoch_length
