@@ -19,7 +19,7 @@ from monai.bundle import ConfigWorkflow
 from monai.engines import SupervisedTrainer
 
 from tools.data.phantoms import ensure_phantoms
-from tools.engines.errors import InputFileError, OutputExistsError
+from tools.engines.errors import InputFileError, OutputExistsError, find_input_error
 from tools.engines.resume import TrainingState, check_run_folder, state_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,14 +87,18 @@ def test_sigkill_then_same_command_resumes(tmp_path):
     for f, sha in before.items():  # the killed run's checkpoints are neither deleted nor rewritten
         assert f.is_file() and _sha(f) == sha, f.name
 
-    # once finished, the same command refuses (nothing to continue) and changes nothing
-    after = {f: _sha(f) for f in Path(paths["ckpt_dir"]).iterdir()}
+    # once finished, the same command refuses in initialize (nothing to continue) and writes nothing, not
+    # even a TensorBoard event file
+    def files():
+        return {f: _sha(f) for d in (paths["ckpt_dir"], paths["output_dir"]) for f in Path(d).rglob("*") if f.is_file()}
+
+    after = files()
     wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", **TINY, **paths)
-    wf.initialize()
     with pytest.raises(Exception) as info:
-        wf.parser.get_parsed_content("train#trainer")
-    assert f"already reached iteration {ITERATIONS}" in str(info.value.__cause__ or info.value)
-    assert {f: _sha(f) for f in Path(paths["ckpt_dir"]).iterdir()} == after
+        wf.initialize()
+    err = find_input_error(info.value)
+    assert isinstance(err, OutputExistsError) and f"already reached iteration {ITERATIONS} of {ITERATIONS}" in str(err)
+    assert files() == after
 
 
 class _NanAfter(torch.nn.Module):
@@ -145,3 +149,59 @@ def test_used_folder_refused_and_resume_true_needs_state(tmp_path):
     # --overwrite True starts a new run: the old run's states go when it starts, so auto cannot pick them later
     trainer, _ = _trainer(tmp_path / "models", _NanAfter(2), overwrite=True)
     assert trainer.state.iteration == 0 and not state_files(tmp_path / "models")
+
+
+def test_aortadiff_writer_leaves_no_half_written_case(tmp_path, monkeypatch):
+    """A failure while a case is written (here: in the preview) leaves neither the case folder nor a partial one."""
+    import nibabel as nib
+    import numpy as np
+
+    import tools.aortadiff.writer as writer
+
+    ref = tmp_path / "ncct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), np.diag([0.7, 0.7, 2.0, 1.0])), str(ref))
+    vol = torch.zeros(1, 8, 8, 4)
+    data = {"synthetic_cect": vol, "lumen": vol, "thrombus": vol, "pred": vol, "ncct_path": str(ref), "case_id": "c1"}
+    out = tmp_path / "out"
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer, "preview_png", broken)
+    with pytest.raises(OSError, match="disk full"):
+        writer.WriteAortaDiffOutputsd(str(out))(data)
+    assert list(out.iterdir()) == []
+    monkeypatch.undo()
+    writer.WriteAortaDiffOutputsd(str(out))(data)
+    assert sorted(p.name for p in (out / "c1").iterdir()) == sorted(p.name for p in writer.case_outputs(out, "c1"))
+    assert [p.name for p in out.iterdir()] == ["c1"]
+
+
+def test_atomic_nifti_writer_through_saveimage(tmp_path, monkeypatch):
+    """SaveImage with AtomicNibabelWriter writes the final file only by a rename; a failed write leaves nothing."""
+    import nibabel as nib
+    import numpy as np
+    from monai.data import MetaTensor
+    from monai.transforms import SaveImage
+
+    from tools.data.nifti_io import AtomicNibabelWriter
+
+    affine = torch.diag(torch.tensor([0.8, 0.8, 2.5, 1.0]))
+    img = MetaTensor(torch.arange(4 * 5 * 3, dtype=torch.float32).reshape(1, 4, 5, 3), affine=affine,
+                     meta={"filename_or_obj": str(tmp_path / "case.nii.gz")})
+    save = SaveImage(output_dir=str(tmp_path / "out"), output_postfix="seg", separate_folder=False, resample=False,
+                     writer=AtomicNibabelWriter, print_log=False)
+    save(img)
+    written = nib.load(str(tmp_path / "out" / "case_seg.nii.gz"))
+    assert np.allclose(written.affine, affine.numpy()) and written.shape == (4, 5, 3)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["case_seg.nii.gz"]
+
+    def broken(obj, filename):
+        Path(filename).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", broken)
+    img.meta["filename_or_obj"] = str(tmp_path / "other.nii.gz")
+    with pytest.raises(Exception):
+        save(img)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["case_seg.nii.gz"]

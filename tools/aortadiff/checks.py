@@ -32,6 +32,8 @@ def check_training_inputs(datalist: str | Path, image_size: int, iterations: int
         files = load_datalist(datalist, split, required_keys=REQUIRED)
         check_nonempty(files, split, datalist)
         entries += files
+    check_nonempty([e for e in files if e.get("lumen")], "validation", datalist,
+                   "validation scores the lumen: at least one entry needs a 'lumen' mask")
     check_entries(entries, image_keys=("ncct", "cect"), mask_keys=("aorta", "lumen"))
     check_writable(output_dir, "output_dir")
     check_writable(ckpt_dir, "ckpt_dir")

@@ -91,18 +91,25 @@ def resume_from(save_dir: str | Path, resume: Any = "auto", overwrite: bool = Fa
 
 
 def check_run_folder(save_dir: str | Path, outputs: Iterable[str | Path] = (), log_dirs: Iterable[str | Path] = (),
-                     resume: Any = "auto", overwrite: bool = False, prefix: str = STATE_PREFIX) -> str | None:
+                     resume: Any = "auto", overwrite: bool = False, prefix: str = STATE_PREFIX,
+                     planned_iterations: int | None = None) -> str | None:
     """Decide, before any work, between continuing a run and starting a new one; returns the state file to
     continue from (or None).
 
     A new run refuses when ``save_dir`` holds state files of ``prefix``, when one of ``outputs`` exists (entries
     may be glob patterns such as ``models/checkpoint_*.pt``) or when a folder of ``log_dirs`` holds TensorBoard
-    event files, unless ``overwrite``.
+    event files, unless ``overwrite``. A state at or past ``planned_iterations`` (read from its file name) is a
+    finished run: refused here, before the trainer (and its event files) are made.
 
     Raises:
-        OutputExistsError (a FileExistsError): a new run would write into another run's folder.
+        OutputExistsError (a FileExistsError): a new run would write into another run's folder, or the run
+            to continue is finished.
     """
     state = resume_from(save_dir, resume, overwrite, prefix)
+    if state is not None and planned_iterations:
+        done = int(state.stem.rsplit("_", 1)[1])
+        if done >= planned_iterations:
+            raise OutputExistsError(_finished(save_dir, done, planned_iterations, state))
     if state is not None:
         logger.info("resuming training from '%s' (--resume auto; --overwrite True starts a new run)", state)
         return str(state)
@@ -114,6 +121,11 @@ def check_run_folder(save_dir: str | Path, outputs: Iterable[str | Path] = (), l
         used += sorted(Path(d).glob("events.out.tfevents*"))
     refuse_overwrite(used, overwrite)
     return None
+
+
+def _finished(save_dir: str | Path, done: int, planned: int, state: Path) -> str:
+    return (f"training in '{save_dir}' already reached iteration {done} of {planned} (state '{state.name}'); raise "
+            "--iterations/--epochs to continue it or pass --overwrite True to train again")
 
 
 def _loss(output: Any) -> float | None:
@@ -200,9 +212,7 @@ class TrainingState:
             engine.state.epoch = engine.state.iteration // epoch_length
         planned = (max_epochs or 0) * (engine.state.epoch_length or 0)
         if planned and engine.state.iteration >= planned:
-            raise OutputExistsError(f"training in '{self.save_dir}' already reached iteration {engine.state.iteration} "
-                                  f"of {planned} (state '{path.name}'); raise --iterations/--epochs to continue or "
-                                  "pass --overwrite True to train again")
+            raise OutputExistsError(_finished(self.save_dir, engine.state.iteration, planned, path))
         logger.info("resumed from '%s' at iteration %d", path, engine.state.iteration)
 
     def _save(self, engine: Engine) -> None:
