@@ -22,7 +22,7 @@ the handler re-reads the same decision when the trainer is built.
 
 Divergence: when the loss of an iteration is NaN or infinite, the handler restores the objects from the last
 good state file (if any), logs it and terminates the run, so that neither the state files nor the final
-``model.pt`` hold diverged weights (Ignite's ``TerminateOnNan`` check, plus the restore).
+``model.pt`` hold diverged weights (the check of Ignite's ``TerminateOnNan``, plus the restore).
 """
 
 from __future__ import annotations
