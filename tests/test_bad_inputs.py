@@ -7,7 +7,6 @@ Each case builds a small folder: tiny phantoms, a datalist, and an earlier run's
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os

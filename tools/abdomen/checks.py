@@ -14,12 +14,10 @@ from tools.data.checks import (
     check_entries,
     check_finite,
     check_label_ids,
-    check_nonempty,
-    check_patient_overlap,
     check_positive,
+    check_splits,
     read_volume,
 )
-from tools.data.datalist import load_datalist
 from tools.diffusion.learned_range_sampler import SAMPLERS
 from tools.engines.output_guard import check_writable
 
@@ -37,12 +35,7 @@ def check_training_inputs(datalist: str | Path, image_size: int, iterations: int
     check_positive(image_size=image_size, iterations=iterations, val_interval=val_interval, batch_size=batch_size,
                    num_val_slices=num_val_slices, state_interval=state_interval)
     check_choice("val_sampler", val_sampler, SAMPLERS)
-    check_patient_overlap(datalist)
-    entries = []
-    for split in ("training", "validation"):
-        files = load_datalist(datalist, split, required_keys=("image", "label"))
-        check_nonempty(files, split, datalist)
-        entries += files
+    entries = check_splits(datalist, ("training", "validation"), ("image", "label"))
     check_entries(entries, image_keys=("image",), label_keys=("label",), label_ids=TRAINING_IDS,
                   label_hint="AMOS22 ids: 0 background, 1..15 organs")
     check_writable(output_dir, "output_dir")

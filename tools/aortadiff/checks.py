@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tools.aortadiff.inferers import SAMPLERS
 from tools.aortadiff.writer import case_outputs
-from tools.data.checks import check_choice, check_entries, check_nonempty, check_patient_overlap, check_positive
+from tools.data.checks import check_choice, check_entries, check_nonempty, check_positive, check_splits
 from tools.data.datalist import load_datalist
 from tools.engines.output_guard import check_writable, refuse_overwrite
 
@@ -26,13 +26,9 @@ def check_training_inputs(datalist: str | Path, image_size: int, iterations: int
     folders writable."""
     check_positive(image_size=image_size, iterations=iterations, val_interval=val_interval, batch_size=batch_size,
                    state_interval=state_interval)
-    check_patient_overlap(datalist)
-    entries = []
-    for split in ("training", "validation"):
-        files = load_datalist(datalist, split, required_keys=REQUIRED)
-        check_nonempty(files, split, datalist)
-        entries += files
-    check_nonempty([e for e in files if e.get("lumen")], "validation", datalist,
+    entries = check_splits(datalist, ("training", "validation"), REQUIRED)
+    validation = load_datalist(datalist, "validation", required_keys=REQUIRED)
+    check_nonempty([e for e in validation if e.get("lumen")], "validation", datalist,
                    "validation scores the lumen: at least one entry needs a 'lumen' mask")
     check_entries(entries, image_keys=("ncct", "cect"), mask_keys=("aorta", "lumen"))
     check_writable(output_dir, "output_dir")

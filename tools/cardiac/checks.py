@@ -12,11 +12,10 @@ from tools.data.checks import (
     check_finite,
     check_hu,
     check_nonempty,
-    check_patient_overlap,
     check_positive,
+    check_splits,
     read_volume,
 )
-from tools.data.datalist import load_datalist
 from tools.data.nifti_io import case_name
 from tools.engines.output_guard import check_writable, refuse_overwrite
 
@@ -29,9 +28,7 @@ def check_training_inputs(datalist: str | Path, image_size: Sequence[int], batch
     finite and in HU; every label map with ids ``0..num_classes-1`` on its CT's grid; folders writable."""
     check_positive(image_size=list(image_size), batch_size=batch_size, num_classes=num_classes,
                    state_interval=state_interval)
-    check_patient_overlap(datalist)
-    files = load_datalist(datalist, "training", required_keys=("image", "label"))
-    check_nonempty(files, "training", datalist)
+    files = check_splits(datalist, ("training",), ("image", "label"))
     check_entries(files, image_keys=("image",), label_keys=("label",), label_ids=range(num_classes),
                   label_hint=f"num_classes {num_classes}: 0 background, 1..{num_classes - 1} structures")
     check_writable(output_dir, "output_dir")

@@ -5,7 +5,7 @@ names the file (and its datalist key) or the config key, and what to do:
 
 * config values: :func:`check_positive`, :func:`check_choice`;
 * datalists: :func:`check_nonempty` (a split left empty), :func:`check_patient_overlap` (one patient in two
-  splits, by ``patient_id``, else ``case_id``, else the same image file);
+  splits, by ``patient_id``, else ``case_id``, else the same image file), both through :func:`check_splits`;
 * volumes: :func:`read_volume` (readable, e.g. not a truncated gzip; 3D), :func:`check_finite` (no NaN/inf),
   :func:`check_hu` (a CT stored without its rescale slope/intercept), :func:`check_label_ids` (ids in the
   bundle's classes, before any mapping), :func:`check_same_grid` of an entry's files (through the affines);
@@ -14,6 +14,7 @@ names the file (and its datalist key) or the config key, and what to do:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from tools.data.datalist import load_datalist
 from tools.data.nifti_io import check_same_grid, load_array, load_nifti
 from tools.engines.errors import InputValueError
 
@@ -33,6 +35,7 @@ __all__ = [
     "check_nonempty",
     "check_patient_overlap",
     "check_positive",
+    "check_splits",
     "read_volume",
 ]
 
@@ -77,8 +80,6 @@ def _patient(entry: Mapping[str, Any], base: Path) -> str | None:
 def check_patient_overlap(datalist: str | Path, splits: Sequence[str] = ("training", "validation", "test")) -> None:
     """No patient appears in two splits of ``datalist`` (compared by ``patient_id``, else ``case_id``, else
     the first NIfTI file of the entry)."""
-    import json
-
     path = Path(datalist)
     content = json.loads(path.read_text())
     seen: dict[str, str] = {}
@@ -91,6 +92,18 @@ def check_patient_overlap(datalist: str | Path, splits: Sequence[str] = ("traini
             if first != split:
                 raise InputValueError(f"datalist '{path}': {pid} is in split '{first}' and in split '{split}'; "
                                       "split by patient so that no patient is in two splits")
+
+
+def check_splits(datalist: str | Path, splits: Sequence[str], required_keys: Sequence[str]) -> list[dict]:
+    """The entries of ``splits`` of ``datalist`` (paths resolved and existing), after checking that no patient is
+    in two splits and that every split in ``splits`` has entries with ``required_keys``."""
+    check_patient_overlap(datalist)
+    entries: list[dict] = []
+    for split in splits:
+        files = load_datalist(datalist, split, required_keys=required_keys)
+        check_nonempty(files, split, datalist)
+        entries += files
+    return entries
 
 
 def read_volume(path: str | Path, key: str, ndim: int = 3) -> tuple[nib.Nifti1Image, np.ndarray]:
