@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tools.cardiac.label_cleanup import remove_small_fragments
+from tools.data.nifti_io import save_atomic
 from tools.data.transforms import unit_to_hu
 from tools.engines.output_guard import refuse_overwrite
 
@@ -173,8 +174,8 @@ class SyntheticPairGenerator:
                 case_id = self.case_id(done)
                 case_dir = self.output_dir / case_id
                 case_dir.mkdir(parents=True, exist_ok=True)
-                nib.save(nib.Nifti1Image(image, self.affine), str(case_dir / "image.nii.gz"))
-                nib.save(nib.Nifti1Image(label, self.affine), str(case_dir / "label.nii.gz"))
+                save_atomic(nib.Nifti1Image(image, self.affine), case_dir / "image.nii.gz")
+                save_atomic(nib.Nifti1Image(label, self.affine), case_dir / "label.nii.gz")
                 entries.append({"case_id": case_id, "image": f"{case_id}/image.nii.gz",
                                 "label": f"{case_id}/label.nii.gz"})
                 done += 1

@@ -25,6 +25,7 @@ __all__ = [
     "load_nifti",
     "id_counts",
     "present_ids",
+    "save_atomic",
     "save_label_like",
 ]
 
@@ -152,6 +153,23 @@ def save_label_like(labels: np.ndarray, reference: nib.Nifti1Image, path: str | 
     return path
 
 
+def _partial(path: Path) -> Path:
+    """Temporary name of ``path`` in its folder while it is written (keeps the .nii / .nii.gz suffix)."""
+    return path.with_name(f".partial-{os.getpid()}-{path.name}")
+
+
+def save_atomic(img: nib.Nifti1Image, path: str | Path) -> Path:
+    """``nib.save`` to a temporary name in the target folder, then rename: never a half-written file."""
+    path = Path(path)
+    tmp = _partial(path)
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 class AtomicNibabelWriter(NibabelWriter):
     """MONAI's ``NibabelWriter`` that writes to a temporary name in the target folder, then renames: a failed
     or killed run never leaves a half-written NIfTI under the final name (``SaveImaged(writer=...)``)."""
@@ -159,7 +177,7 @@ class AtomicNibabelWriter(NibabelWriter):
     def write(self, filename, verbose: bool = False, **obj_kwargs) -> None:
         path = Path(filename)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")  # keeps the .nii / .nii.gz suffix
+        tmp = _partial(path)
         try:
             super().write(str(tmp), verbose=verbose, **obj_kwargs)
             os.replace(tmp, path)
