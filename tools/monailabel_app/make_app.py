@@ -10,7 +10,7 @@ is a folder ``<app>/model/<model name>/`` that MONAI Label loads with its ``Bund
 * every other file of the bundle (``docs``, ``LICENSE``, ...) linked;
 * ``models/model.pt``: a link to the bundle's trained weights (``--weights bundle``) or tiny random
   weights made here by building the inference ``network_def`` with MONAI's ``ConfigParser``
-  (``--weights tiny``, saved under the key ``"model"`` like every checkpoint of the project).
+  (``--weights tiny``), a plain state dict as model-zoo's and the bundles' own ``models/model.pt``.
 
 Studies are phantom volumes (``tools.data.phantoms.generate``) copied flat into a studies folder.
 Which bundle config becomes which MONAI Label model is written in ``tools/monailabel_app/models.yml``.
@@ -185,7 +185,7 @@ def build_model_folder(name: str, spec: dict, model_root: Path, bundles_dir: str
 
 
 def write_tiny_weights(model_folder: Path, seed: int = 0) -> Path:
-    """Random weights of the folder's inference ``network_def`` saved as ``models/model.pt`` under ``"model"``."""
+    """Random weights of the folder's inference ``network_def`` saved as ``models/model.pt`` (a plain state dict)."""
     import torch
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
@@ -198,7 +198,7 @@ def write_tiny_weights(model_folder: Path, seed: int = 0) -> Path:
     set_determinism(None)
     out = model_folder / "models" / "model.pt"
     out.unlink(missing_ok=True)
-    torch.save({"model": net.state_dict()}, out)
+    torch.save(net.state_dict(), out)
     return out
 
 
