@@ -151,17 +151,23 @@ def verify(bundles: Sequence[str] | str | None = None, ci_dir: str = str(DEFAULT
     root = Path(work) if work else Path(tempfile.mkdtemp(prefix="modelzoo_verify_"))
     ci = prepare_ci(ci_dir, root / "ci")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
-    out = {}
-    for name in names:
+    procs = {}
+    for name in names:  # one verify_bundle.py process per bundle, as model-zoo runs it; they run side by side
         prepare_bundle(name, root / "models", schema)
         cmd = [sys.executable, str(ci / "verify_bundle.py"), "-b", name, "-p", str(root / "models"), "-m", mode]
-        res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
-        text = res.stdout + res.stderr
-        if res.returncode != 0:
-            tail = "\n".join(text.splitlines()[-25:])
-            raise RuntimeError(f"verify_bundle.py -b {name} -m {mode} failed ({res.returncode}):\n{tail}")
-        out[name] = res.stdout
-        print(f"== {' '.join(cmd)} (cwd {root})\n" + "\n".join(res.stdout.splitlines()[-8:]), flush=True)
+        procs[name] = (cmd, subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                             text=True))
+    out, failed = {}, []
+    for name, (cmd, proc) in procs.items():
+        stdout, stderr = proc.communicate(timeout=timeout)
+        if proc.returncode != 0:
+            tail = "\n".join((stdout + stderr).splitlines()[-25:])
+            failed.append(f"verify_bundle.py -b {name} -m {mode} failed ({proc.returncode}):\n{tail}")
+            continue
+        out[name] = stdout
+        print(f"== {' '.join(cmd)} (cwd {root})\n" + "\n".join(stdout.splitlines()[-8:]), flush=True)
+    if failed:
+        raise RuntimeError("\n".join(failed))
     return out
 
 

@@ -187,7 +187,7 @@ def build_model_folder(name: str, spec: dict, model_root: Path, bundles_dir: str
     if train:  # MONAI Label's BundleTrainTask reads configs/train.json alone: write the merged training config
         names = train.get("config", ["train.json"])
         merged = _merge(_merge_files(bundle, [names] if isinstance(names, str) else list(names), name),
-                        {**(train.get("overrides") or {}), **(spec.get("tiny_overrides") if spec.get("_tiny") else {})})
+                        train.get("overrides") or {})
         (configs / "train.json").unlink(missing_ok=True)
         (configs / "train.json").write_text(json.dumps(merged, indent=2))
     elif (configs / "train.json").exists():
@@ -332,8 +332,10 @@ def make(
     for name in names:
         spec = dict(specs[name])
         if tiny:
-            spec["overrides"] = {**(spec.get("overrides") or {}), **(spec.get("tiny_overrides") or {})}
-            spec["_tiny"] = True
+            tiny_overrides = spec.get("tiny_overrides") or {}
+            spec["overrides"] = {**(spec.get("overrides") or {}), **tiny_overrides}
+            if spec.get("train"):
+                spec["train"] = {**spec["train"], "overrides": {**(spec["train"].get("overrides") or {}), **tiny_overrides}}
         folder = build_model_folder(name, spec, app_dir / "model", bundles_dir)
         if weights == "tiny":
             write_tiny_weights(folder, seed)
