@@ -159,10 +159,19 @@ def test_inference_from_inside_a_copied_bundle_folder(phantoms, tmp_path):
     src, out = nib.load(image), nib.load(str(seg[0]))
     assert out.shape == src.shape and np.allclose(out.affine, src.affine, atol=1e-4)
     assert "Restored all variables from ./models/model.pt" in res.stdout + res.stderr
-    # the same command from a folder that holds no bundle stops at once, naming the key
-    res = subprocess.run(cmd[:5] + ["--config_file", str(copy / "configs" / "inference.json")] + cmd[7:], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode != 0 and "bundle_root: no bundle 'cardiac_ldm_ssl' found" in res.stderr
+
+
+def test_config_run_from_a_folder_without_the_bundle_names_bundle_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / "cardiac_ldm_ssl" / "configs" / "inference.json"))
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("model_checkpoint")
+    chain, err = [], info.value
+    while err is not None:
+        chain.append(str(err))
+        err = err.__cause__ or err.__context__
+    assert any("bundle_root: no bundle 'cardiac_ldm_ssl' found" in m for m in chain), chain
 
 
 def test_find_bundle_root(tmp_path):
