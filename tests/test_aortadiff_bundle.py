@@ -59,11 +59,16 @@ def _infer(paths: dict, out: Path, **kw) -> None:
                sampler="ddim", progress=False, **kw)
 
 
-def test_training_writes_checkpoint_with_model_key(trained):
+def test_training_writes_plain_model_pt_and_a_full_checkpoint(trained):
     root, paths = trained
-    ckpt = torch.load(Path(paths["ckpt_dir"]) / "model.pt", map_location="cpu", weights_only=True)
+    model = torch.load(Path(paths["ckpt_dir"]) / "model.pt", map_location="cpu", weights_only=True)
+    assert all(torch.is_tensor(v) for v in model.values())  # model-zoo's models/model.pt: the EMA state dict
+    assert any(k.startswith("mask_head.") for k in model) and any(k.startswith("image_head.") for k in model)
+    full = [p for p in Path(paths["ckpt_dir"]).glob("*.pt") if p.name not in ("model.pt", "model_best.pt")]
+    assert len(full) == 1, full
+    ckpt = torch.load(full[0], map_location="cpu", weights_only=True)
     assert {"model", "model_online", "optimizer", "loss_weighting"} <= set(ckpt)
-    assert any(k.startswith("mask_head.") for k in ckpt["model"]) and any(k.startswith("image_head.") for k in ckpt["model"])
+    assert all(torch.equal(ckpt["model"][k], model[k]) for k in model)
     # the EMA weights ("model") differ from the online weights after training steps
     diff = sum(float((ckpt["model"][k].float() - ckpt["model_online"][k].float()).abs().sum()) for k in ckpt["model"])
     assert diff > 0

@@ -198,10 +198,10 @@ def test_verify_net_in_out(bundle):
 def test_ckpt_export(bundle, tmp_path):
     files, override, parser, net = _small_inference(bundle)
     ckpt = tmp_path / "model.pt"
-    torch.save({"model": net.state_dict()}, ckpt)
+    torch.save(net.state_dict(), ckpt)  # models/model.pt: a plain state dict
     inputs = _example_inputs(parser, net)
     kwargs = dict(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(ckpt),
-                  meta_file=str(_meta(bundle)), config_file=files, key_in_ckpt="model", use_trace=True,
+                  meta_file=str(_meta(bundle)), config_file=files, use_trace=True,
                   input_shape=list(inputs[0].shape), bundle_root=str(BUNDLES / bundle),
                   converter_kwargs={"check_trace": False}, **override)
     if len(inputs) == 1:
@@ -211,10 +211,10 @@ def test_ckpt_export(bundle, tmp_path):
         # documented limit: ckpt_export traces forward(x) only; a diffusion U-Net needs forward(x, timesteps)
         with pytest.raises(TypeError, match="timesteps"):
             ckpt_export(**kwargs)
-        net.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+        net.load_state_dict(torch.load(ckpt, weights_only=True))
         ts = convert_to_torchscript(net, filename_or_obj=str(tmp_path / "model.ts"), inputs=inputs,
                                     use_trace=True, check_trace=False)
-    net.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    net.load_state_dict(torch.load(ckpt, weights_only=True))
     net.eval()
     with torch.no_grad():
         torch.testing.assert_close(ts(*inputs), net(*inputs), rtol=1e-3, atol=1e-4)

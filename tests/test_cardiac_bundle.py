@@ -54,9 +54,12 @@ def pipeline(tmp_path_factory):
 
 
 def test_stages_write_their_checkpoints_with_model_key(pipeline):
-    for name in ("autoencoder.pt", "ldm.pt", "ssl_pretrained.pt", "model.pt"):
+    for name in ("autoencoder.pt", "ldm.pt", "ssl_pretrained.pt"):
         state = torch.load(pipeline["models"] / name, map_location="cpu", weights_only=True)
         assert "model" in state, name
+    # the bundle's main network, models/model.pt, is a plain state dict (model-zoo, monai.bundle.load)
+    state = torch.load(pipeline["models"] / "model.pt", map_location="cpu", weights_only=True)
+    assert state and all(torch.is_tensor(v) for v in state.values()) and "final_conv.bias" in state
 
 
 def test_ldm_checkpoint_stores_the_scale_factor_used_for_sampling(pipeline):

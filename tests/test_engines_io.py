@@ -62,3 +62,20 @@ def test_load_network_loads_the_model_entry_in_eval_mode(tmp_path):
     out = load_network(dst, tmp_path / "model.pt")
     assert out is dst and not out.training
     torch.testing.assert_close(out[0].weight, src[0].weight)
+
+
+def test_load_network_accepts_a_plain_state_dict_and_refuses_another_network(tmp_path):
+    torch.manual_seed(0)
+    src, dst = torch.nn.Linear(2, 3), torch.nn.Linear(2, 3)
+    torch.save(src.state_dict(), tmp_path / "model.pt")  # model-zoo's models/model.pt
+    torch.testing.assert_close(load_network(dst, tmp_path / "model.pt").weight, src.weight)
+    torch.save({"model": torch.nn.Conv2d(1, 1, 3).state_dict()}, tmp_path / "conv.pt")  # same names, other shapes
+    with pytest.raises(ValueError, match=r"conv\.pt' matches 0 of 2 variables of Linear: it belongs to another"):
+        load_network(torch.nn.Linear(2, 3), tmp_path / "conv.pt")
+    torch.save({"other.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other\.pt' matches 0 of 2 variables"):
+        load_network(torch.nn.Linear(2, 3), tmp_path / "other.pt")
+    torch.save({"weight": src.weight.detach()}, tmp_path / "half.pt")  # a key missing
+    with pytest.raises(ValueError, match=r"half\.pt' matches 1 of 2 variables of Linear: missing 1 \(e\.g\. \['bias'\]\)"):
+        load_network(torch.nn.Linear(2, 3), tmp_path / "half.pt")
+

@@ -7,7 +7,9 @@ Each test makes an app folder with ``tools.monailabel_app.make_app.make`` (MONAI
 ``monaibundle`` sample app + the bundles linked under ``model/`` + tiny random weights), starts
 ``monailabel start_server``, waits for ``/info`` to list the models, POSTs
 ``/infer/<model>?image=<study>`` and checks the returned label map (shape = the study's shape, values
-among the label ids of the bundle's ``channel_def``), then stops the server.
+among the label ids of the bundle's ``channel_def``) or synthetic CT (abdomen; AortaDiff's synthetic CECT,
+named in the result JSON), then stops the server. One test POSTs ``/train/<model>`` and checks that the
+model file changes.
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ class Server:
             time.sleep(2)
         pytest.fail(f"/info did not list {models} within {STARTUP_TIMEOUT_S}s (last: {last}):\n{self.tail()}")
 
-    def infer(self, model: str, image: str) -> bytes:
-        req = urllib.request.Request(f"{self.base}/infer/{model}?image={image}&output=image", data=b"", method="POST")
+    def infer(self, model: str, image: str, output: str = "image") -> bytes:
+        req = urllib.request.Request(f"{self.base}/infer/{model}?image={image}&output={output}", data=b"", method="POST")
         try:
             with urllib.request.urlopen(req, timeout=INFER_TIMEOUT_S) as r:
                 return r.read()
@@ -109,7 +111,18 @@ def _check_label_map(data: bytes, tmp_path: Path, study: Path, labels: dict[str,
     return arr
 
 
-def _serve_and_infer(tmp_path: Path, info: dict) -> dict[str, np.ndarray]:
+def _check_ct(path: Path, study: Path) -> np.ndarray:
+    """A synthetic CT volume: the study's grid, float HU, not constant."""
+    img, ref = nib.load(str(path)), nib.load(str(study))
+    arr = np.asarray(img.dataobj, dtype=np.float32)
+    assert arr.shape == ref.shape, f"{path}: shape {arr.shape} != study shape {ref.shape}"
+    np.testing.assert_allclose(img.affine, ref.affine, atol=1e-3)
+    assert -1100 <= arr.min() < arr.max() <= 3100, f"{path}: values {arr.min()}..{arr.max()} are not CT in HU"
+    return arr
+
+
+def _serve_and_infer(tmp_path: Path, info: dict, image_outputs: frozenset = frozenset()) -> dict[str, np.ndarray]:
+    """Infer every model; models in ``image_outputs`` return a CT volume, the others a label map."""
     server = Server(info["app"], info["studies"], info["models"], tmp_path / "monailabel.log")
     results = {}
     try:
@@ -119,7 +132,14 @@ def _serve_and_infer(tmp_path: Path, info: dict) -> dict[str, np.ndarray]:
             assert labels, f"/info lists no labels for {model}: {listing['models'][model]}"
             data = server.infer(model, info["images"][model])
             study = Path(info["studies"]) / f"{info['images'][model]}.nii.gz"
-            results[model] = _check_label_map(data, tmp_path, study, labels)
+            if model in image_outputs:
+                (tmp_path / f"{model}_returned.nii.gz").write_bytes(data)
+                results[model] = _check_ct(tmp_path / f"{model}_returned.nii.gz", study)
+            else:
+                results[model] = _check_label_map(data, tmp_path, study, labels)
+            if model == "aortadiff_cect":  # the synthetic CECT comes back beside the label map
+                params = json.loads(server.infer(model, info["images"][model], output="json"))
+                results["aortadiff_cect_synthetic"] = _check_ct(Path(params["synthetic_cect"]), study)
     finally:
         server.stop()
     return results
@@ -188,7 +208,38 @@ def test_project_bundles_served(tmp_path):
         pytest.skip(f"no bundle of models.yml is servable yet (missing: {missing})")
     info = ma.make(app=str(tmp_path / "app"), studies=str(tmp_path / "studies"), models=",".join(ready),
                    weights="tiny", size=32, slices=16)
-    res = _serve_and_infer(tmp_path, info)
-    assert set(res) == set(ready)
+    res = _serve_and_infer(tmp_path, info, image_outputs=frozenset({"abdomen_semantic_synthesis"}))
+    assert set(ready) <= set(res)
+    assert {"aortadiff_cect", "aortadiff_cect_synthetic", "cardiac_ldm_ssl", "abdomen_semantic_synthesis"} <= set(res)
     if missing:
         warnings.warn(f"served {ready}; not servable yet: {missing}", stacklevel=1)
+
+
+def test_train_from_monailabel_updates_the_model(tmp_path):
+    """POST /train/cardiac_ldm_ssl (1 epoch, 2 labelled phantom studies): the bundle's train config runs in
+    MONAI Label's BundleTrainTask and models/model.pt changes (still a plain state dict of the network)."""
+    import torch
+
+    info = ma.make(app=str(tmp_path / "app"), studies=str(tmp_path / "studies"), models="cardiac_ldm_ssl",
+                   weights="tiny", size=32, slices=16)
+    model_pt = Path(info["app"]) / "model" / "cardiac_ldm_ssl" / "models" / "model.pt"
+    before = torch.load(model_pt, weights_only=True)
+    assert len(list((Path(info["studies"]) / "labels" / "final").glob("*.nii.gz"))) == 2
+    server = Server(info["app"], info["studies"], info["models"], tmp_path / "monailabel.log")
+    try:
+        listing = server.wait_models(info["models"])
+        assert "cardiac_ldm_ssl" in listing.get("trainers", {}), f"no trainer listed: {listing.get('trainers')}"
+        body = json.dumps({"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False}).encode()
+        req = urllib.request.Request(f"{server.base}/train/cardiac_ldm_ssl?run_sync=true", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=INFER_TIMEOUT_S) as r:
+                r.read()
+        except urllib.error.HTTPError as e:
+            pytest.fail(f"/train failed: HTTP {e.code} {e.read()[:2000]!r}\n{server.tail()}")
+    finally:
+        server.stop()
+    after = torch.load(model_pt, weights_only=True)
+    assert after.keys() == before.keys() and all(torch.is_tensor(v) for v in after.values())
+    assert any(not torch.equal(after[k], before[k]) for k in before), f"model.pt unchanged:\n{server.tail()}"
+

@@ -1,5 +1,6 @@
 """Bundle checkpoint I/O: read a ``torch.save`` file safely (``weights_only=True``) with clear errors, load a
-network's weights (main network under ``"model"``), and save the untrained network as
+network's weights (a plain state dict as model-zoo's ``models/model.pt``, or the ``"model"`` entry of a
+training checkpoint) and refuse weights that do not fit it, and save the untrained network as
 ``checkpoint_iteration=0.pt`` so evaluations can compare against it.
 
 Every file the project reads back with ``torch.load`` goes through :func:`load_checkpoint`.
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["load_checkpoint", "load_network", "save_initial_checkpoint"]
+__all__ = ["check_state_dict", "load_checkpoint", "load_network", "save_initial_checkpoint"]
 
 
 def _is_state_dict(content: Any) -> bool:
@@ -63,26 +64,58 @@ def load_checkpoint(
     raise ValueError(f"checkpoint '{path}' has no '{key}' entry (found {shown})" + (f"; {hint}" if hint else ""))
 
 
+def check_state_dict(network: nn.Module, state: Mapping[str, Any], path: str | Path) -> None:
+    """Raise unless ``state`` has exactly ``network``'s variables with their shapes.
+
+    Raises:
+        ValueError: no variable matches (the file belongs to another network), or some are missing,
+            unexpected or of another shape; the message names ``path`` and the first keys concerned.
+    """
+    own = network.state_dict()
+    if not _is_state_dict(state):
+        raise ValueError(f"checkpoint '{path}' does not hold a state dict of tensors for {type(network).__name__}")
+    matched = [k for k, v in own.items() if k in state and tuple(state[k].shape) == tuple(v.shape)]
+    if not matched:
+        raise ValueError(
+            f"checkpoint '{path}' matches 0 of {len(own)} variables of {type(network).__name__}: it belongs to "
+            f"another network or configuration (its first keys: {list(state)[:3]}, expected: {list(own)[:3]})"
+        )
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and k not in matched]
+    if missing or unexpected or shapes:
+        parts = [f"{name} {len(keys)} (e.g. {keys[:3]})" for name, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
+        raise ValueError(
+            f"checkpoint '{path}' matches {len(matched)} of {len(own)} variables of {type(network).__name__}: "
+            + "; ".join(parts)
+        )
+
+
 def load_network(
     network: nn.Module,
     checkpoint: str | Path,
     device: torch.device | str = "cpu",
     key: str = "model",
     eval_mode: bool = True,
-    accept_state_dict: bool = False,
+    accept_state_dict: bool = True,
     hint: str = "",
 ) -> nn.Module:
     """Load ``checkpoint[key]`` (:func:`load_checkpoint`) into ``network``, move it to ``device``.
 
     Args:
-        accept_state_dict, hint: as in :func:`load_checkpoint`.
+        accept_state_dict, hint: as in :func:`load_checkpoint`; by default a plain state dict (model-zoo's
+            ``models/model.pt``) is accepted as well as a checkpoint dict with a ``key`` entry.
         eval_mode: return the network in ``eval()`` mode.
 
     Raises:
         FileNotFoundError: the checkpoint does not exist.
-        ValueError: ``key`` is missing from the checkpoint.
+        ValueError: ``key`` is missing from the checkpoint, or its variables do not fit ``network``
+            (:func:`check_state_dict`): never a silently untrained or half-loaded network.
     """
-    network.load_state_dict(load_checkpoint(checkpoint, key, accept_state_dict=accept_state_dict, hint=hint))
+    state = load_checkpoint(checkpoint, key, accept_state_dict=accept_state_dict, hint=hint)
+    check_state_dict(network, state, checkpoint)
+    network.load_state_dict(state)
     network = network.to(device)
     return network.eval() if eval_mode else network
 

@@ -10,7 +10,7 @@ is a folder ``<app>/model/<model name>/`` that MONAI Label loads with its ``Bund
 * every other file of the bundle (``docs``, ``LICENSE``, ...) linked;
 * ``models/model.pt``: a link to the bundle's trained weights (``--weights bundle``) or tiny random
   weights made here by building the inference ``network_def`` with MONAI's ``ConfigParser``
-  (``--weights tiny``, saved under the key ``"model"`` like every checkpoint of the project).
+  (``--weights tiny``), a plain state dict as model-zoo's and the bundles' own ``models/model.pt``.
 
 Studies are phantom volumes (``tools.data.phantoms.generate``) copied flat into a studies folder.
 Which bundle config becomes which MONAI Label model is written in ``tools/monailabel_app/models.yml``.
@@ -22,9 +22,10 @@ CLI (fire; run it with the MONAI Label environment ``.venv-label/bin/python``)::
     python -m tools.monailabel_app.make_app run   # both, with tiny weights: the demo ``make monailabel`` starts
 
 MONAI Label is started fully offline: ``--conf zoo_source github`` (local bundle folders are used as
-they are, the model-zoo catalogue is never queried), ``--conf sam2 false`` (no SAM2 weight download),
-``--conf skip_trainers true`` (the bundles' training configs are diffusion/LDM trainings, not MONAI
-Label's supervised ``BundleTrainTask``).
+they are, the model-zoo catalogue is never queried), ``--conf sam2 false`` (no SAM2 weight download).
+A model whose ``models.yml`` entry has ``train:`` gets ``configs/train.json`` (its bundle training configs
+merged, with the entry's overrides), which MONAI Label's ``BundleTrainTask`` runs on ``POST /train/<model>``
+with the datastore's image/label pairs (``labels/final``); the others serve inference only.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLES_DIR = REPO_ROOT / "bundles"
 MODELS_YML = Path(__file__).resolve().parent / "models.yml"
 SAMPLE_APP = "monaibundle"
-OFFLINE_CONF = {"zoo_source": "github", "sam2": "false", "skip_trainers": "true", "preload": "false"}
+OFFLINE_CONF = {"zoo_source": "github", "sam2": "false", "preload": "false"}
 
 
 def sample_app_dir() -> Path:
@@ -118,14 +119,19 @@ def _get(config: dict, key: str) -> Any:
     return node
 
 
-def _edit_lists(config: dict, prepend: dict | None, drop_targets: list | None, name: str) -> dict:
-    """Prepend items to lists (``{"preprocessing#transforms": [...]}``) and drop list items whose
+def _edit_lists(config: dict, prepend: dict | None, drop_targets: list | None, name: str,
+                append: dict | None = None) -> dict:
+    """Prepend / append items to lists (``{"preprocessing#transforms": [...]}``) and drop list items whose
     ``_target_`` ends with one of ``drop_targets`` (e.g. a bundle's own file writer, MONAI Label writes)."""
-    for key, items in (prepend or {}).items():
-        target = _get(config, key)
-        if not isinstance(target, list):
-            raise ValueError(f"model {name!r}: prepend target {key!r} is not a list in the bundle config")
-        target[:0] = list(items)
+    for where, edits in (("prepend", prepend), ("append", append)):
+        for key, items in (edits or {}).items():
+            target = _get(config, key)
+            if not isinstance(target, list):
+                raise ValueError(f"model {name!r}: {where} target {key!r} is not a list in the bundle config")
+            if where == "prepend":
+                target[:0] = list(items)
+            else:
+                target.extend(items)
     for key in ("preprocessing#transforms", "postprocessing#transforms"):
         try:
             items = _get(config, key)
@@ -140,6 +146,16 @@ def _edit_lists(config: dict, prepend: dict | None, drop_targets: list | None, n
 def _read_config(path: Path) -> dict:
     with open(path) as f:
         return json.load(f) if path.suffix == ".json" else yaml.safe_load(f)
+
+
+def _merge_files(bundle: Path, config_names: list[str], name: str) -> dict:
+    merged: dict = {}
+    for c in config_names:
+        src = bundle / "configs" / c
+        if not src.is_file():
+            raise FileNotFoundError(f"model {name!r}: bundle config {src} does not exist")
+        merged = _merge(merged, _read_config(src))
+    return merged
 
 
 def build_model_folder(name: str, spec: dict, model_root: Path, bundles_dir: str | os.PathLike) -> Path:
@@ -161,17 +177,21 @@ def build_model_folder(name: str, spec: dict, model_root: Path, bundles_dir: str
     config_names = spec.get("config", "inference.json")
     config_names = [config_names] if isinstance(config_names, str) else list(config_names)
     overrides = spec.get("overrides") or {}
-    if config_names != ["inference.json"] or overrides or spec.get("prepend") or spec.get("drop_targets"):
-        merged: dict = {}
-        for c in config_names:
-            src = bundle / "configs" / c
-            if not src.is_file():
-                raise FileNotFoundError(f"model {name!r}: bundle config {src} does not exist")
-            merged = _merge(merged, _read_config(src))
-        merged = _merge(merged, overrides)
-        merged = _edit_lists(merged, spec.get("prepend"), spec.get("drop_targets"), name)
+    if (config_names != ["inference.json"] or overrides or spec.get("prepend") or spec.get("append")
+            or spec.get("drop_targets")):
+        merged = _merge(_merge_files(bundle, config_names, name), overrides)
+        merged = _edit_lists(merged, spec.get("prepend"), spec.get("drop_targets"), name, spec.get("append"))
         (configs / "inference.json").unlink(missing_ok=True)
         (configs / "inference.json").write_text(json.dumps(merged, indent=2))
+    train = spec.get("train")
+    if train:  # MONAI Label's BundleTrainTask reads configs/train.json alone: write the merged training config
+        names = train.get("config", ["train.json"])
+        merged = _merge(_merge_files(bundle, [names] if isinstance(names, str) else list(names), name),
+                        train.get("overrides") or {})
+        (configs / "train.json").unlink(missing_ok=True)
+        (configs / "train.json").write_text(json.dumps(merged, indent=2))
+    elif (configs / "train.json").exists():
+        (configs / "train.json").unlink()  # a model without a `train` entry is served for inference only
     data_format = spec.get("data_format", "network_data_format")
     if data_format != "network_data_format":
         meta = json.loads((bundle / "configs" / "metadata.json").read_text())
@@ -185,7 +205,7 @@ def build_model_folder(name: str, spec: dict, model_root: Path, bundles_dir: str
 
 
 def write_tiny_weights(model_folder: Path, seed: int = 0) -> Path:
-    """Random weights of the folder's inference ``network_def`` saved as ``models/model.pt`` under ``"model"``."""
+    """Random weights of the folder's inference ``network_def`` saved as ``models/model.pt`` (a plain state dict)."""
     import torch
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
@@ -198,7 +218,7 @@ def write_tiny_weights(model_folder: Path, seed: int = 0) -> Path:
     set_determinism(None)
     out = model_folder / "models" / "model.pt"
     out.unlink(missing_ok=True)
-    torch.save({"model": net.state_dict()}, out)
+    torch.save(net.state_dict(), out)
     return out
 
 
@@ -221,42 +241,46 @@ def make_studies(
 ) -> dict[str, str]:
     """Phantom volumes for every model's ``study: {anatomy, key}``; returns ``{model name: image id}``.
 
-    One phantom case per anatomy is generated (``tools.data.phantoms.generate``) and its input volume
-    copied into ``studies`` as ``<case_id>_<key>.nii.gz`` (MONAI Label's image id is the file name
-    without extension); ``study: {masks: {tag: key}}`` also copies masks to ``labels/<tag>/<id>.nii.gz``
-    (read by :class:`tools.monailabel_app.transforms.StudyMaskd`).
+    ``study: {cases: N}`` phantom cases (default 1) per anatomy are generated (``tools.data.phantoms.generate``)
+    and their input volumes copied into ``studies`` as ``<case_id>_<key>.nii.gz`` (MONAI Label's image id is
+    the file name without extension); ``study: {masks: {tag: key}}`` also copies masks to
+    ``labels/<tag>/<id>.nii.gz`` (read by :class:`tools.monailabel_app.transforms.StudyMaskd`; tag ``final``
+    is MONAI Label's training label). The returned id is the first case's.
     """
     from tools.data.phantoms import generate
 
     studies = Path(studies)
     studies.mkdir(parents=True, exist_ok=True)
-    made: dict[str, dict] = {}
+    made: dict[tuple[str, int], list[dict]] = {}
     ids: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec in specs.items():
             study = spec.get("study") or {}
-            anatomy, key = study.get("anatomy"), study.get("key", "image")
+            anatomy, key, cases = study.get("anatomy"), study.get("key", "image"), int(study.get("cases", 1))
             if not anatomy:
                 continue
-            if anatomy not in made:
-                datalist = generate(anatomy, 1, Path(tmp) / anatomy, seed=seed, size=size, slices=slices,
-                                    unlabeled_fraction=0.0)
+            if (anatomy, cases) not in made:
+                datalist = generate(anatomy, cases, Path(tmp) / f"{anatomy}_{cases}", seed=seed, size=size,
+                                    slices=slices, unlabeled_fraction=0.0)
                 lists = json.loads(Path(datalist).read_text())
-                made[anatomy] = next(e for split in lists.values() for e in split)
-                made[anatomy]["_root"] = str(Path(datalist).parent)
-            entry = made[anatomy]
-            if key not in entry:
-                raise ValueError(f"model {name!r}: phantom {anatomy!r} has no key {key!r} (keys: {sorted(entry)})")
-            image_id = f"{entry['case_id']}_{key}"
-            dst = studies / f"{image_id}.nii.gz"
-            if not dst.exists():
-                shutil.copyfile(Path(entry["_root"]) / entry[key], dst)
-            for tag, mask_key in (study.get("masks") or {}).items():
-                mdst = studies / "labels" / tag / f"{image_id}.nii.gz"
-                mdst.parent.mkdir(parents=True, exist_ok=True)
-                if not mdst.exists():
-                    shutil.copyfile(Path(entry["_root"]) / entry[mask_key], mdst)
-            ids[name] = image_id
+                entries = sorted((e for split in lists.values() for e in split), key=lambda e: e["case_id"])
+                for e in entries:
+                    e["_root"] = str(Path(datalist).parent)
+                made[(anatomy, cases)] = entries
+            for i, entry in enumerate(made[(anatomy, cases)]):
+                if key not in entry:
+                    raise ValueError(f"model {name!r}: phantom {anatomy!r} has no key {key!r} (keys: {sorted(entry)})")
+                image_id = f"{entry['case_id']}_{key}"
+                dst = studies / f"{image_id}.nii.gz"
+                if not dst.exists():
+                    shutil.copyfile(Path(entry["_root"]) / entry[key], dst)
+                for tag, mask_key in (study.get("masks") or {}).items():
+                    mdst = studies / "labels" / tag / f"{image_id}.nii.gz"
+                    mdst.parent.mkdir(parents=True, exist_ok=True)
+                    if not mdst.exists():
+                        shutil.copyfile(Path(entry["_root"]) / entry[mask_key], mdst)
+                if i == 0:
+                    ids[name] = image_id
     return ids
 
 
@@ -308,7 +332,10 @@ def make(
     for name in names:
         spec = dict(specs[name])
         if tiny:
-            spec["overrides"] = {**(spec.get("overrides") or {}), **(spec.get("tiny_overrides") or {})}
+            tiny_overrides = spec.get("tiny_overrides") or {}
+            spec["overrides"] = {**(spec.get("overrides") or {}), **tiny_overrides}
+            if spec.get("train"):
+                spec["train"] = {**spec["train"], "overrides": {**(spec["train"].get("overrides") or {}), **tiny_overrides}}
         folder = build_model_folder(name, spec, app_dir / "model", bundles_dir)
         if weights == "tiny":
             write_tiny_weights(folder, seed)

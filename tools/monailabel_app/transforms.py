@@ -1,4 +1,5 @@
-"""MONAI Label glue: give a bundle the extra per-study input it needs beside the image.
+"""MONAI Label glue: give a bundle the extra per-study input it needs beside the image, and name the extra
+files its writer makes in the result.
 
 MONAI Label's ``/infer/<model>?image=<id>`` hands a bundle only ``data["image"]`` (the study's path).
 AortaDiff also needs the study's aorta mask. `StudyMaskd` puts that mask's path under a key (e.g.
@@ -53,4 +54,32 @@ class StudyMaskd(Transform):
                 f"at {candidate}"
             )
         d[self.key] = str(candidate)
+        return d
+
+
+class ResultFilesd(Transform):
+    """Name files a bundle's own writer made in the MONAI Label result (``/infer`` response ``params``).
+
+    MONAI Label returns one volume per request (``pred``, the label map); the bundle's writer may write more
+    (AortaDiff: the synthetic CECT). ``d["result"][name]`` becomes the path of ``<d[folder_key]>/<file>``.
+
+    Raises:
+        FileNotFoundError: the writer did not write a listed file (names it).
+    """
+
+    def __init__(self, files: Mapping[str, str], folder_key: str = "output_folder") -> None:
+        self.files, self.folder_key = dict(files), folder_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        folder = d.get(self.folder_key)
+        if not isinstance(folder, str):
+            raise ValueError(f"ResultFilesd: data[{self.folder_key!r}] (the writer's output folder) is missing")
+        result = dict(d.get("result") or {})
+        for name, file in self.files.items():
+            path = Path(folder) / file
+            if not path.is_file():
+                raise FileNotFoundError(f"ResultFilesd: the bundle's writer did not write {path}")
+            result[name] = str(path)
+        d["result"] = result
         return d
