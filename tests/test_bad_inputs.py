@@ -1,6 +1,6 @@
-"""Bad inputs end in one line naming the file or config key, raised in the config's ``initialize`` (before any
-training or sampling), with nothing already written changed (every file under the test folder is hashed before
-and after, and no file appears).
+"""Bad inputs end in one line naming the file or config key, raised before any training or sampling (the checks
+open the ``training`` / ``inference`` list), with nothing already written changed
+(every file under the test folder is hashed before and after, and no file appears).
 
 Each case builds a small folder: tiny phantoms, a datalist, and an earlier run's files; then breaks one thing.
 """
@@ -301,8 +301,9 @@ OTHER_CASES = [("abdomen", f) for f in (_abdomen_unknown_label_id, _abdomen_trai
 def _expect_error(tmp: Path, configs: list[Path], workflow: str, over: dict, must_name: list[str]) -> str:
     before = _tree(tmp)
     wf = ConfigWorkflow(config_file=[str(c) for c in configs], workflow_type=workflow, **over)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(Exception) as info:  # the checks open the run list
         wf.initialize()
+        wf.run()
     err = find_input_error(info.value)
     assert err is not None, f"not a bundle input error: {info.value!r}"
     msg = str(err)

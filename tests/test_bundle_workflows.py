@@ -142,7 +142,8 @@ def test_cardiac_train_workflow_initialize_runs_no_stage(phantoms, tmp_path):
     runner = wf.parser.get_parsed_content("prerequisites")
     assert runner.needed and len(runner.missing()) == 4  # all four earlier stages would be needed ...
     assert not (tmp_path / "models").exists() and not (tmp_path / "runs").exists()  # ... and none ran
-    assert "prerequisites.run()" in wf.parser["training"][0]
+    training = wf.parser["training"]  # the input checks, then the missing stages, then this stage
+    assert training[0] == "$@checks" and "prerequisites.run()" in training[1]
 
 
 def test_inference_from_inside_a_copied_bundle_folder(phantoms, tmp_path):

@@ -87,7 +87,7 @@ def test_sigkill_then_same_command_resumes(tmp_path):
     for f, sha in before.items():  # the killed run's checkpoints are neither deleted nor rewritten
         assert f.is_file() and _sha(f) == sha, f.name
 
-    # once finished, the same command refuses in initialize (nothing to continue) and writes nothing, not
+    # once finished, the same command refuses before training (nothing to continue) and writes nothing, not
     # even a TensorBoard event file
     def files():
         return {f: _sha(f) for d in (paths["ckpt_dir"], paths["output_dir"]) for f in Path(d).rglob("*") if f.is_file()}
@@ -96,6 +96,7 @@ def test_sigkill_then_same_command_resumes(tmp_path):
     wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", **TINY, **paths)
     with pytest.raises(Exception) as info:
         wf.initialize()
+        wf.run()
     err = find_input_error(info.value)
     assert isinstance(err, OutputExistsError) and f"already reached iteration {ITERATIONS} of {ITERATIONS}" in str(err)
     assert files() == after
