@@ -143,6 +143,7 @@ def run(quick: bool = False, checkpoint: str | None = None, datalist: str | None
     ab = abdomen_volume_calls(slices=volume_slices)
     cd_parser = bundle_parser("cardiac_ldm_ssl", ["common.json", "generate.json"])
     cd = cardiac_volume_calls()
+    cd_paper = cardiac_volume_calls(config_files=["common.json", "generate.json", "paper_sampler.json"])
     return {
         "date": date, "machine": start, "load_average_end": machine_info().get("load_average_1_5_15"),
         "device": "cuda" if cuda else "cpu", "quick": quick,
@@ -156,7 +157,8 @@ def run(quick: bool = False, checkpoint: str | None = None, datalist: str | None
         "abdomen_semantic_synthesis": {"calls_per_100_slice_volume": ab["calls"], "max_network_batch": ab["max_network_batch"],
                                        "default_sampler": _sampler_name(ab_parser)},
         "cardiac_ldm_ssl": {"calls_per_100_slice_volume": cd["calls"], "max_network_batch": cd["max_network_batch"],
-                            "default_sampler": f"DDIM {cd_parser['num_inference_steps']} (generate.json), one volume"},
+                            "default_sampler": f"DDIM {cd_parser['num_inference_steps']} (generate.json), one volume",
+                            "paper_sampler_calls_per_volume": cd_paper["calls"]},
     }
 
 

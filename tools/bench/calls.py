@@ -89,9 +89,10 @@ class _IdentityDecoder(torch.nn.Module):
         return z
 
 
-def cardiac_volume_calls(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def cardiac_volume_calls(overrides: Mapping[str, Any] | None = None,
+                         config_files: Sequence[str] = ("common.json", "generate.json")) -> dict[str, Any]:
     """Calls of the cardiac ``generate.json`` sampler (LatentDiffusionInferer + its scheduler) for one volume."""
-    parser = bundle_parser("cardiac_ldm_ssl", ["common.json", "generate.json"],
+    parser = bundle_parser("cardiac_ldm_ssl", config_files,
                            {"inferer#scale_factor": 1.0, **(overrides or {})})
     scheduler = parser.get_parsed_content("scheduler")
     scheduler.set_timesteps(num_inference_steps=int(parser.get_parsed_content("num_inference_steps")))
