@@ -60,7 +60,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
     lines = [f"### `{command}` ({result['date']})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu'] or 'none'}, torch {m['torch']}; "
              f"load average (1, 5, 15 min) {m['load_average_1_5_15']} at the start, "
-             f"{result['load_average_end']} at the end. Device used: {result['device']}. "
+             f"{result['load_average_end']} at the end. Device used: {result['device']} "
+             f"({result['torch_threads']} torch threads). "
              f"Model: {a['model']}. Held-out slices: {a['eval']}.", "",
              "Network calls of each bundle's default inference settings (counted by a wrapper around the network):", "",
              "| bundle | default sampler | calls per 100-slice volume (cardiac: per volume) | largest network batch |",
@@ -146,7 +147,7 @@ def run(quick: bool = False, checkpoint: str | None = None, datalist: str | None
     cd_paper = cardiac_volume_calls(config_files=["common.json", "generate.json", "paper_sampler.json"])
     return {
         "date": date, "machine": start, "load_average_end": machine_info().get("load_average_1_5_15"),
-        "device": "cuda" if cuda else "cpu", "quick": quick,
+        "device": "cuda" if cuda else "cpu", "torch_threads": torch.get_num_threads(), "quick": quick,
         "aortadiff_cect": {
             "calls_per_100_slice_volume": a_default["calls"], "max_network_batch": a_default["max_network_batch"],
             "mask_head_calls_per_100_slice_volume": a_default["mask_head_calls"],
