@@ -84,11 +84,11 @@ def markdown(result: dict[str, Any], command: str) -> str:
     lines += ["", f"Fastest setting within 0.5 dB ROI PSNR and 0.01 Dice of the reference: {best or 'none'}.", "",
               "AortaDiff training step (bundle: `train#trainer` with data loading, loss terms, EMA and handlers; "
               "bare: the same network's forward + MSE + backward + optimiser step on a batch in memory):", "",
-              "| batch x size | bundle img/s | bare img/s | bundle step / bare step | peak memory bundle / bare (MiB) |",
+              "| batch x size | bundle img/s | bare img/s | bundle step / bare step | peak memory (MiB) |",
               "|---|---|---|---|---|"]
     t = a["training"]
     lines.append(f"| {t['batch_size']} x {t['image_size']}^2 | {_fmt(t['bundle_img_per_s'], 1)} | {_fmt(t['bare_img_per_s'], 1)} "
-                 f"| {_fmt(t['bundle_over_bare_step'])} | {_fmt(t['bundle_peak_memory_mb'], 0)} / {_fmt(t['bare_peak_memory_mb'], 0)} |")
+                 f"| {_fmt(t['bundle_over_bare_step'])} | {_fmt(t['peak_memory_mb'], 0)} |")
     return "\n".join(lines) + "\n"
 
 

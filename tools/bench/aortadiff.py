@@ -11,9 +11,10 @@ made by repeating the held-out ROI slices) are measured for settings of at most 
 calls per volume and otherwise estimated from the measured seconds per call (marked).
 
 Training (:func:`training_step_speed`): ``train.json``'s ``train#trainer`` runs ``iterations`` iterations
-(data loading, loss terms, EMA, logging handlers and all), timed between iteration ends after ``warmup``
-iterations; the bare step is the same network's forward + MSE + backward + optimiser step on a batch held
-in memory, with the same device, autocast and optimiser settings.
+(data loading, loss terms, EMA, logging handlers and all); the bare step is the same network definition's
+forward + MSE + backward + optimiser step on a batch held in memory, with the same device, autocast and
+optimiser settings, run once after every bundle iteration so both see the same machine load; medians
+after ``warmup`` iterations.
 """
 
 from __future__ import annotations
@@ -171,8 +172,10 @@ def compare_samplers(network: torch.nn.Module, train_parser: Any, samplers: Mapp
 def training_step_speed(train_parser: Any, iterations: int = 30, warmup: int = 5) -> dict[str, float]:
     """img/s of the bundle's training step and of the bare network step, their ratio, and peak memory.
 
-    The trainer's checkpoints and logs go to a temporary folder; validation runs once after the timed
-    iterations (not timed).
+    The two are interleaved: after every bundle iteration one bare step runs (at ``ITERATION_COMPLETED``,
+    outside the bundle's timed span), so load from other jobs falls on both alike; each is the median over
+    the iterations after ``warmup``. The trainer's checkpoints and logs go to a temporary folder;
+    validation runs once after the timed iterations (not timed).
     """
     if iterations <= warmup + 1:
         raise ValueError(f"tools.bench: iterations ({iterations}) must exceed warmup ({warmup}) + 1")
@@ -184,44 +187,45 @@ def training_step_speed(train_parser: Any, iterations: int = 30, warmup: int = 5
         train_parser["output_dir"] = f"{tmp}/runs"
         trainer = train_parser.get_parsed_content("train#trainer")
         device = torch.device(train_parser.get_parsed_content("device"))
-        stamps: list[float] = []
-
-        def stamp(_engine: Any) -> None:
-            _sync(device)
-            stamps.append(time.perf_counter())
-
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, stamp)
-        trainer.run()
         batch_size = int(train_parser.get_parsed_content("batch_size"))
-        bundle_s = float(np.median(np.diff(stamps[warmup - 1:])))
-        bundle_peak = peak_memory_mb(device)
-
-        # bare step: a fresh network of the same definition, a batch held in memory
-        network = train_parser.get_parsed_content("network_def", lazy=False).to(device)
-        optimizer = _same_optimizer(train_parser, network)
         size = int(train_parser.get_parsed_content("image_size"))
-        in_c = network.image_channels + network.cond_channels
-        x = torch.randn(batch_size, in_c, size, size, device=device)
+
+        # bare step: a fresh network of the same definition and settings, a batch held in memory
+        network = train_parser.get_parsed_content("network", lazy=False)
+        optimizer = _same_optimizer(train_parser, network)
+        x = torch.randn(batch_size, network.image_channels + network.cond_channels, size, size, device=device)
         target = torch.randn(batch_size, network.out_channels, size, size, device=device)
         t = torch.randint(0, int(train_parser.get_parsed_content("num_train_timesteps")), (batch_size,), device=device)
         network.train()
-        bare: list[float] = []
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(iterations):
+
+        def bare_step() -> None:
             optimizer.zero_grad(set_to_none=True)
             with _autocast(train_parser, device):
                 out = network(x, t)
-            loss = torch.nn.functional.mse_loss(out.float(), target)
-            loss.backward()
+            torch.nn.functional.mse_loss(out.float(), target).backward()
             optimizer.step()
+
+        bundle_s: list[float] = []
+        bare_s: list[float] = []
+        resumed = [time.perf_counter()]
+
+        def interleave(engine: Any) -> None:
             _sync(device)
-            bare.append(time.perf_counter())
-        bare_s = float(np.median(np.diff(bare[warmup - 1:])))
+            now = time.perf_counter()
+            bundle_s.append(now - resumed[0])
+            bare_step()
+            _sync(device)
+            resumed[0] = time.perf_counter()
+            bare_s.append(resumed[0] - now)
+
+        trainer.add_event_handler(Events.STARTED, lambda _: resumed.__setitem__(0, time.perf_counter()))
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, interleave)
+        trainer.run()
+        bundle = float(np.median(bundle_s[warmup:]))
+        bare = float(np.median(bare_s[warmup:]))
     return {"batch_size": batch_size, "image_size": size, "iterations": iterations, "warmup": warmup,
-            "bundle_img_per_s": batch_size / bundle_s, "bare_img_per_s": batch_size / bare_s,
-            "bundle_over_bare_step": bundle_s / bare_s, "bundle_peak_memory_mb": bundle_peak,
-            "bare_peak_memory_mb": peak_memory_mb(device)}
+            "bundle_img_per_s": batch_size / bundle, "bare_img_per_s": batch_size / bare,
+            "bundle_over_bare_step": bundle / bare, "peak_memory_mb": peak_memory_mb(device)}
 
 
 def _same_optimizer(train_parser: Any, network: torch.nn.Module) -> torch.optim.Optimizer:
