@@ -116,7 +116,7 @@ def test_bench_quick_json_counts_the_default_calls():
     proc = subprocess.run([sys.executable, "-m", "tools.bench", "--quick", "--json"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    result = json.loads(proc.stdout)  # stdout holds the JSON only (engine logs go to stderr)
     # AortaDiff: 100 ROI slices in batches of slice_batch_size, each batch one schedule
     a = _default_calls("aortadiff_cect", ["inference.json"])
     per_batch = (count_denoising_calls(repaint_schedule(a["num_inference_steps"], a["jump_length"], a["jump_n_sample"]))

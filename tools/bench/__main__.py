@@ -20,6 +20,7 @@ command keeps working. Without ``--quick`` the table and the machine description
 
 from __future__ import annotations
 
+import contextlib
 import json as _json
 import math
 import sys
@@ -174,8 +175,9 @@ def main(quick: bool = False, json: bool = False, checkpoint: str | None = None,
          split: str = "test", slices_per_case: int | None = None, train_iterations: int | None = None,
          model_configs: Sequence[str] | None = None, docs: str | None = None) -> None:
     """Run the benchmark; print the table (or ``--json``) and, unless ``--quick``, append it to ``docs``."""
-    result = run(quick=quick, checkpoint=checkpoint, datalist=datalist, split=split, slices_per_case=slices_per_case,
-                 train_iterations=train_iterations, model_configs=model_configs)
+    with contextlib.redirect_stdout(sys.stderr):  # the engines' logs: stdout carries the table or the JSON only
+        result = run(quick=quick, checkpoint=checkpoint, datalist=datalist, split=split,
+                     slices_per_case=slices_per_case, train_iterations=train_iterations, model_configs=model_configs)
     command = "python -m tools.bench " + " ".join(sys.argv[1:])
     text = markdown(result, command.strip())
     if json:
