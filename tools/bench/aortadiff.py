@@ -19,6 +19,7 @@ after ``warmup`` iterations.
 
 from __future__ import annotations
 
+import copy
 import math
 import resource
 import tempfile
@@ -190,8 +191,8 @@ def training_step_speed(train_parser: Any, iterations: int = 30, warmup: int = 5
         batch_size = int(train_parser.get_parsed_content("batch_size"))
         size = int(train_parser.get_parsed_content("image_size"))
 
-        # bare step: a fresh network of the same definition and settings, a batch held in memory
-        network = train_parser.get_parsed_content("network", lazy=False)
+        # bare step: a copy of the untrained network (same definition, device, memory format), a batch in memory
+        network = copy.deepcopy(train_parser.get_parsed_content("network"))
         optimizer = _same_optimizer(train_parser, network)
         x = torch.randn(batch_size, network.image_channels + network.cond_channels, size, size, device=device)
         target = torch.randn(batch_size, network.out_channels, size, size, device=device)
