@@ -138,3 +138,20 @@ def test_bench_quick_json_counts_the_default_calls():
     t = result["aortadiff_cect"]["training"]
     assert t["bundle_img_per_s"] > 0 and t["bare_img_per_s"] > 0
     assert t["bundle_over_bare_step"] == pytest.approx(t["bare_img_per_s"] / t["bundle_img_per_s"])
+
+
+def test_progress_bar_reads_the_loss_every_n_iterations_only():
+    from ignite.engine import Engine
+
+    from tools.engines.progress import InteractiveProgressBar
+
+    reads = []
+    handler = InteractiveProgressBar(enabled=True, every=3)
+    original = handler._scalar
+    handler._scalar = lambda output: reads.append(output) or original(output)
+    engine = Engine(lambda engine, batch: {"loss": torch.tensor(float(batch))})
+    handler.attach(engine)
+    engine.run(list(range(6)), max_epochs=1)
+    assert len(reads) == 2  # iterations 3 and 6
+    with pytest.raises(ValueError, match="every"):
+        InteractiveProgressBar(every=0)
