@@ -117,9 +117,20 @@ def _autocast(parser: Any, device: torch.device):
     return torch.autocast(device.type, dtype=parser.get_parsed_content("amp_dtype"), enabled=amp)
 
 
+def _timed_inference(inferer: Any, inputs: torch.Tensor, network: torch.nn.Module, parser: Any,
+                     device: torch.device) -> tuple[torch.Tensor, float]:
+    """``inferer(inputs, network)`` under no_grad and the config's autocast; returns (output, wall seconds)."""
+    with torch.no_grad(), _autocast(parser, device):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = inferer(inputs, network)
+        _sync(device)
+    return out, time.perf_counter() - t0
+
+
 def compare_samplers(network: torch.nn.Module, train_parser: Any, samplers: Mapping[str, Mapping[str, Any]],
-                     inference_files: Sequence[str], inference_overrides: Mapping[str, Any], split: str = "test", slices_per_case: int = 8,
-                     volume_slices: int = 100, max_timed_calls: int = 200,
+                     inference_files: Sequence[str], inference_overrides: Mapping[str, Any], split: str = "test",
+                     slices_per_case: int = 8, volume_slices: int = 100, max_timed_calls: int = 200,
                      volume_calls: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
     """One row per sampler setting: calls and seconds on the held-out slices and per volume, quality, memory.
 
@@ -140,12 +151,7 @@ def compare_samplers(network: torch.nn.Module, train_parser: Any, samplers: Mapp
         counter.reset()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        with torch.no_grad(), _autocast(parser, device):
-            _sync(device)
-            t0 = time.perf_counter()
-            pred = inferer(image, counter)
-            _sync(device)
-            seconds = time.perf_counter() - t0
+        pred, seconds = _timed_inference(inferer, image, counter, parser, device)
         calls = counter.calls
         row = {"setting": name, **keys, "eval_slices": int(image.shape[0]),
                "eval_cases": len(set(cases)), "eval_calls": calls,
@@ -155,12 +161,7 @@ def compare_samplers(network: torch.nn.Module, train_parser: Any, samplers: Mapp
         row["calls_per_100_slice_volume"] = per_volume
         if per_volume is not None and per_volume <= max_timed_calls:
             counter.reset()
-            with torch.no_grad(), _autocast(parser, device):
-                _sync(device)
-                t0 = time.perf_counter()
-                inferer(volume, counter)
-                _sync(device)
-                row["volume_seconds"] = time.perf_counter() - t0
+            row["volume_seconds"] = _timed_inference(inferer, volume, counter, parser, device)[1]
             row["volume_seconds_estimated"] = False
             row["calls_per_100_slice_volume"] = counter.calls  # counted on the real network as well
         elif per_volume is not None:
