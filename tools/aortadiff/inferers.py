@@ -17,6 +17,12 @@ mask in {0, 1}. Output: ``(B, 3, ...)`` = synthetic CECT in [-1, 1] (mean over `
 SDF from the mask head at the last model call (mean; +1 where the network has no mask head), and the
 per-pixel standard deviation of the image over ``num_samples`` (0 when ``num_samples == 1``).
 Volume slices without ROI are not sampled (image = NCCT, SDF = +1).
+
+Network calls: a batch of ``slice_batch_size`` slices goes through the network together with all its
+``num_samples`` samples (network batch = slices x samples), so a volume costs
+``ceil(ROI slices / slice_batch_size) x calls per schedule`` calls whatever ``num_samples`` is. Every call
+but the last of a schedule asks the network for its image head only (``image_only=True``, for networks
+with ``has_mask_head``): only the last call's SDF is used.
 """
 
 from __future__ import annotations
@@ -146,6 +152,8 @@ class _AortaFusionSampler(Inferer):
         acp = self.scheduler.alphas_cumprod
         roi = (roi > 0.5).to(ncct.dtype)
         sched = self.schedule()
+        # only the last call's SDF is used: earlier calls skip the mask head where the network has one
+        image_only = {"image_only": True} if getattr(getattr(network, "module", network), "has_mask_head", False) else {}
 
         def randn() -> torch.Tensor:
             return torch.randn(ncct.shape, generator=generator, device=ncct.device, dtype=ncct.dtype)
@@ -155,7 +163,7 @@ class _AortaFusionSampler(Inferer):
         for a, b in zip(sched[:-1], sched[1:]):
             if b < a:  # reverse (denoising) step a -> b
                 t = torch.full((ncct.shape[0],), self.train_timestep(a), device=ncct.device, dtype=torch.long)
-                out = network(torch.cat([x, ncct], dim=1), t).float()
+                out = network(torch.cat([x, ncct], dim=1), t, **({} if b < 0 else image_only)).float()
                 x0 = x0_from_output(ptype, out[:, :1], x, t, acp)
                 if self.clip_sample:
                     x0 = x0.clamp(-1.0, 1.0)
@@ -209,20 +217,19 @@ class _AortaFusionSampler(Inferer):
         bs = max(1, self.slice_batch_size)
         result = torch.empty((n, 3, h, w), dtype=inputs.dtype, device=inputs.device)
         slice_bar = tqdm(total=n, desc="slices", unit="slice", disable=not self.progress)
+        s = self.num_samples
         for start in range(0, n, bs):
             sl = slice(start, min(n, start + bs))
-            images, sdfs = [], []
-            step_bar = tqdm(total=calls * self.num_samples, desc="steps", unit="step", leave=False,
-                            disable=not self.progress)
-            for _ in range(self.num_samples):
-                img, sdf = self.sample_slices(ncct_in[sl], roi_in[sl], network, generator, callback, step_bar)
-                images.append(img)
-                sdfs.append(sdf)
+            m = sl.stop - sl.start
+            step_bar = tqdm(total=calls, desc="steps", unit="step", leave=False, disable=not self.progress)
+            # all samples of these slices in one network batch: (s * m, 1, H, W), sample-major
+            img, sdf = self.sample_slices(ncct_in[sl].repeat(s, 1, 1, 1), roi_in[sl].repeat(s, 1, 1, 1), network,
+                                          generator, callback, step_bar)
             step_bar.close()
-            img = torch.stack(images)
+            img, sdf = img.reshape(s, m, *img.shape[1:]), sdf.reshape(s, m, *sdf.shape[1:])
             mean = img.mean(0)
-            std = img.std(0, unbiased=False) if self.num_samples > 1 else torch.zeros_like(mean)
-            block = torch.cat([mean, torch.stack(sdfs).mean(0), std], dim=1)
+            std = img.std(0, unbiased=False) if s > 1 else torch.zeros_like(mean)
+            block = torch.cat([mean, sdf.mean(0), std], dim=1)
             if (h, w) != tuple(size):
                 block = F.interpolate(block, size=(h, w), mode="bilinear", align_corners=False)
                 # outside the ROI the fusion is exact on the input grid (no resampling blur)

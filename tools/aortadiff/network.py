@@ -95,16 +95,18 @@ class TwoHeadDiffusionUNet(nn.Module):
     def out_channels(self) -> int:
         return self.image_channels + (self.mask_head[-1].conv.out_channels if self.mask_head is not None else 0)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
+                image_only: bool = False) -> torch.Tensor:
         """x: (B, image_channels + cond_channels, H, W) = cat(x_t, ncct); timesteps: (B,) long.
 
         ``context`` is unused (kept for MONAI's ``DiffusionInferer`` calling convention, which passes ``context=None``
-        in ``mode="concat"``). Returns (B, image_channels [+ mask_channels], H, W).
+        in ``mode="concat"``). ``image_only`` skips the mask head (samplers use the SDF of their last call only).
+        Returns (B, image_channels [+ mask_channels], H, W).
         """
         del context
         features = self.unet(x, timesteps)
         image = self.image_head(features)
-        if self.mask_head is None:
+        if self.mask_head is None or image_only:
             return image
         sdf = self.mask_head(features)
         if self.sdf_activation == "tanh":

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 import torch.distributed as dist
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
 __all__ = ["InteractiveProgressBar"]
@@ -24,11 +24,16 @@ class InteractiveProgressBar:
         enabled: ``None`` (default) shows the bar when stdout is a terminal and this is rank 0;
             ``True``/``False`` force it on or off.
         output_key: key of the scalar shown from ``engine.state.output`` (a dict or MONAI's decollated list).
+        every: advance the bar (and read the loss, a host sync on a GPU) every ``every`` iterations only;
+            the bundles pass their ``log_interval``.
     """
 
-    def __init__(self, enabled: bool | None = None, output_key: str = "loss") -> None:
+    def __init__(self, enabled: bool | None = None, output_key: str = "loss", every: int = 1) -> None:
+        if int(every) < 1:
+            raise ValueError(f"InteractiveProgressBar: every must be >= 1, got {every}")
         self.enabled = enabled
         self.output_key = output_key
+        self.every = int(every)
         self.bar: ProgressBar | None = None
 
     def _should_show(self) -> bool:
@@ -48,4 +53,4 @@ class InteractiveProgressBar:
         if not self._should_show():
             return
         self.bar = ProgressBar(persist=False)
-        self.bar.attach(engine, output_transform=self._scalar)
+        self.bar.attach(engine, output_transform=self._scalar, event_name=Events.ITERATION_COMPLETED(every=self.every))
