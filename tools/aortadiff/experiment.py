@@ -135,7 +135,7 @@ IDLE_COST = {"train_s_per_iteration": 0.30, "call_s_per_slice": 0.011}
 SIZES: dict[str, dict[str, Any]] = {
     "cpu": {
         "configs": ("small.json",),
-        "train_cases": 16, "phantom_size": 64, "phantom_slices": 8,
+        "train_cases": 20, "phantom_size": 64, "phantom_slices": 12,
         "heldout": {"regular": 4, "thin_thrombus": 2, "calcified_wall": 2, "low_contrast": 2},
         "fast": {"sampler": "ddim", "num_inference_steps": 10},
         "repaint": {"sampler": "repaint", "num_inference_steps": 25, "jump_length": 5, "jump_n_sample": 2},
