@@ -19,7 +19,8 @@ record file in the work folder; a rerun skips them, so the budget can be spread 
 
 Options: ``--budget_minutes M`` (default 45), ``--seeds 0 1`` (default 0), ``--size cpu|paper``,
 ``--quick`` (tiny, for the test suite), ``--only ROW ...``, ``--iterations N`` (overrides the budget),
-``--work_dir``, ``--results_dir``, ``--results_md``, ``--notes FILE`` (markdown appended to the section).
+``--work_dir``, ``--results_dir``, ``--results_md``, ``--notes FILE`` (markdown appended to the section),
+``--threads N`` (torch CPU threads).
 """
 
 from __future__ import annotations
@@ -421,11 +422,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--results_dir", default=None, help="default docs/results (quick: <work_dir>/results_out)")
     p.add_argument("--results_md", default=None, help="default docs/results.md (quick: <work_dir>/results.md)")
     p.add_argument("--notes", default=None, help="markdown file appended to the section (the reading of the results)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 helps on a shared machine)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(argv or []))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     size_name = "quick" if args.quick else args.size
     size = SIZES[size_name]
     work = Path(args.work_dir or REPO / "runs" / "experiments" / f"aortadiff_{size_name}")
