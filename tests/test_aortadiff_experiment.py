@@ -175,5 +175,6 @@ def test_paired_difference_and_verdict():
     assert experiment.verdict(d, 1) == "reproduced"
     assert experiment.verdict(d, -1).startswith("not reproduced (opposite")
     assert experiment.verdict({"mean": 0.1, "se": 1.0, "n": 3}, 1).startswith("same direction")
+    assert "tenth" in experiment.verdict(d, 1, paper_diff=30.0)  # clear, but 8/3 < 3: too small to count
     agg = experiment.aggregate([{**r, "label": r["row"]} for r in recs])
     assert agg["a"]["metrics"]["psnr"]["mean"] == pytest.approx(4.0) and agg["a"]["metrics"]["psnr"]["std"] == 1.0

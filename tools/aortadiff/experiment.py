@@ -325,11 +325,15 @@ def paired_difference(records: list[dict], row: str, base: str, metric: str) -> 
     return {"mean": float(np.mean(d)), "se": float(np.std(d, ddof=1) / np.sqrt(len(d))), "n": len(d)}
 
 
-def verdict(diff: dict | None, sign: int) -> str:
+def verdict(diff: dict | None, sign: int, paper_diff: float | None = None) -> str:
+    """``diff`` of a better-is-``sign`` metric: reproduced when in the paper's direction by more than two standard
+    errors (and, given the paper's difference, by at least a tenth of it)."""
     if diff is None:
         return "not measured"
     better = diff["mean"] * sign > 0
     clear = abs(diff["mean"]) > 2 * diff["se"]
+    if better and clear and paper_diff and abs(diff["mean"]) < 0.1 * abs(paper_diff):
+        return "same direction, but under a tenth of the paper's difference"
     if better and clear:
         return "reproduced"
     if better:
@@ -346,7 +350,7 @@ def _fmt(stat: dict | None, fmt: str) -> str:
 def markdown(payload: dict, figure: str | None, notes: str) -> str:
     agg, records, setup = payload["aggregate"], payload["runs"], payload["setup"]
     lines = ["## AortaDiff (aortadiff_cect)", ""]
-    lines.append(f"Command: `{setup['command']}`. Seeds {setup['seeds']}; size `{setup['size']}`: "
+    lines.append(f"Command (last call): `{setup['command']}`. Seeds {setup['seeds']}; size `{setup['size']}`: "
                  f"{setup['data']}. Every model trained {setup['iterations']} iterations at batch "
                  f"{setup['batch_size']} ({setup['budget']}). Machine: {setup['machine']}. Wall time of all runs: "
                  f"{setup['wall_time_min']:.1f} min; load average while they ran: {setup['load']}.")
@@ -355,8 +359,8 @@ def markdown(payload: dict, figure: str | None, notes: str) -> str:
                  "Image metrics on the HU window [-200, 600] mapped to [0, 1]; LPIPS: " + setup["lpips"] + ".")
     lines.append("")
     cols = list(METRICS)
-    lines.append("| row | " + " | ".join(METRICS[m][0] for m in cols) + " |")
-    lines.append("|---|" + "---|" * len(cols))
+    lines.append("| row | seeds | " + " | ".join(METRICS[m][0] for m in cols) + " |")
+    lines.append("|---|---|" + "---|" * len(cols))
     for name, row in ROWS.items():
         if name not in agg:
             continue
@@ -366,13 +370,15 @@ def markdown(payload: dict, figure: str | None, notes: str) -> str:
             if m in PAPER.get(name, {}):
                 cell += f" [{METRICS[m][1].format(PAPER[name][m])}]"
             cells.append(cell)
-        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+        seeds = ", ".join(str(r["seed"]) for r in records if r["row"] == name)
+        lines.append(f"| {row.label} | {seeds} | " + " | ".join(cells) + " |")
     lines += ["", "Claims (difference AortaDiff - baseline, paired over cases and seeds, mean ± standard error):", ""]
     for text, metric, row, base, sign, p_ours, p_base in CLAIMS:
         d = paired_difference(records, row, base, metric)
-        measured = f"{d['mean']:+.3g} ± {d['se']:.2g} (n = {d['n']})" if d else "not measured"
+        measured = (f"{d['mean']:+.3g} ± {d['se']:.2g} (n = {d['n']}; {100 * d['mean'] / (p_ours - p_base):.0f} % of "
+                    "the paper's difference)") if d else "not measured"
         lines.append(f"- {text}: paper {p_ours} vs {p_base} ({p_ours - p_base:+.3g}); here {measured}: "
-                     f"**{verdict(d, sign)}**.")
+                     f"**{verdict(d, sign, p_ours - p_base)}**.")
     sign_of = {"psnr_roi": 1, "dice_lumen": 1, "dice_thrombus": 1}
     abl = [n for n in ROWS if ROWS[n].model not in ("aortadiff", "cdm", "seg_unet") and n in agg]
     if abl and "aortadiff" in agg:
@@ -403,7 +409,8 @@ def markdown(payload: dict, figure: str | None, notes: str) -> str:
         lines += ["", f"![AortaDiff variants on held-out phantoms]({figure})", "",
                   "Rows: held-out cases (kind in the label); columns: NCCT, real CECT with the reference lumen "
                   "(red) and thrombus (yellow), then each row's synthetic CECT with its predicted lumen and "
-                  "thrombus (the U-Net draws its masks on the NCCT); crops around the aorta."]
+                  "thrombus (the CDM has no masks; the U-Net makes no image, its masks are drawn on the NCCT); "
+                  "the slice with the most thrombus, cropped to 90 mm around the aorta."]
     if notes:
         lines += ["", notes.strip()]
     return "\n".join(lines)
@@ -458,13 +465,19 @@ def main(argv: list[str] | None = None) -> int:
                 loads.append(trained[model]["machine"].get("load_average_1_5_15"))
             records.append(evaluate_row(name, seed, common, size, work, trained[model]))
             loads.append(records[-1]["machine"].get("load_average_1_5_15"))
+    # the report covers every finished run of this size and iteration count in the work folder, so runs spread
+    # over several calls (e.g. a second seed for some rows) are reported together
+    found = {(r["row"], r["seed"]): r for r in map(_read, sorted((work / "results").glob("*_s*.json")))
+             if r and r.get("iterations") == iterations and r.get("row") in ROWS}
+    found.update({(r["row"], r["seed"]): r for r in records})
+    records = sorted(found.values(), key=lambda r: (list(ROWS).index(r["row"]), r["seed"]))
     wall_min = sum(r["wall_time_s"]["evaluate"] for r in records) / 60 + sum(
         {(r["model"], r["seed"]): r["wall_time_s"]["train"] for r in records}.values()) / 60
     load1 = [x[0] for x in loads if x]
     machine = machine_info()
     command = "python -m tools.experiments aortadiff " + " ".join(argv or [])
     setup = {
-        "command": command.strip(), "seeds": args.seeds, "size": size_name, "iterations": iterations,
+        "command": command.strip(), "seeds": sorted({r["seed"] for r in records}), "size": size_name, "iterations": iterations,
         "batch_size": size["overrides"].get("batch_size", 16),
         "budget": (f"fixed iterations" if estimate.get("fixed") else
                    f"budget {args.budget_minutes:g} idle-CPU minutes: {estimate}, idle costs {IDLE_COST}"),
@@ -485,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
 
         fig_path = results_dir / "aortadiff_samples.png"
         results_dir.mkdir(parents=True, exist_ok=True)
-        variant_grid_png(records, json.loads(datalist.read_text())["test"], fig_path, ROWS)
+        variant_grid_png(records, json.loads(datalist.read_text())["test"], fig_path,
+                         {n: r.label for n, r in ROWS.items()},
+                         [n for n, r in ROWS.items() if not MODELS[r.model].makes_segmentation])
         figure = str(fig_path.relative_to(results_md.parent)) if fig_path.is_relative_to(results_md.parent) \
             else str(fig_path)
     except ValueError as e:

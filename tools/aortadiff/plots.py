@@ -59,13 +59,15 @@ def dice_boxplot_png(groups: dict[str, Sequence[float]], path: str | Path, title
     plt.close(fig)
 
 
-def variant_grid_png(records: Sequence[dict], test_entries: Sequence[dict], path: str | Path, rows: dict,
-                     kinds: Sequence[str] = ("regular", "thin_thrombus", "calcified_wall", "low_contrast"),
+def variant_grid_png(records: Sequence[dict], test_entries: Sequence[dict], path: str | Path, labels: dict[str, str],
+                     without_masks: Sequence[str] = (), kinds: Sequence[str] = ("regular", "thin_thrombus", "calcified_wall", "low_contrast"),
                      window: tuple[float, float] = (-200.0, 600.0), crop_mm: float = 90.0) -> None:
     """One held-out case per kind (first labeled case of each), its slice with the most thrombus, cropped
     to ``crop_mm`` around the aorta: NCCT | real CECT with reference masks | every row's synthetic CECT with
-    its predicted lumen (red) and thrombus (yellow) contours. ``records``: the experiment's evaluation
-    records of one seed (``overrides.output_dir``/predictions/<case_id>/ holds each row's NIfTI outputs)."""
+    its predicted lumen (red) and thrombus (yellow) contours (none for the rows in ``without_masks``).
+    ``records``: the experiment's evaluation records (those of the smallest seed are shown;
+    ``overrides.output_dir``/predictions/<case_id>/ holds each row's NIfTI outputs); ``labels``: row -> title,
+    in column order."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +76,7 @@ def variant_grid_png(records: Sequence[dict], test_entries: Sequence[dict], path
 
     seed = min(r["seed"] for r in records) if records else None
     by_row = {r["row"]: r for r in records if r["seed"] == seed}
-    names = [n for n in rows if n in by_row]
+    names = [n for n in labels if n in by_row]
     cases = []
     for kind in kinds:
         entry = next((e for e in test_entries if e.get("kind", "regular") == kind and e.get("lumen")), None)
@@ -99,10 +101,10 @@ def variant_grid_png(records: Sequence[dict], test_entries: Sequence[dict], path
 
         def show(ax, img, lum, thr, title):
             ax.imshow(np.rot90(img[box][..., k]), cmap="gray", vmin=window[0], vmax=window[1])
-            for m, color in ((lum, "red"), (thr, "yellow")):
+            for m, color in ((thr, "yellow"), (lum, "red")):  # the lumen on top: it shares a border with the thrombus
                 sl = np.rot90(m[box][..., k]).astype(float)
                 if sl.any():
-                    ax.contour(sl, levels=[0.5], colors=color, linewidths=0.8)
+                    ax.contour(sl, levels=[0.5], colors=color, linewidths=1.0)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -114,8 +116,9 @@ def variant_grid_png(records: Sequence[dict], test_entries: Sequence[dict], path
         axes[r, 0].set_ylabel(f"{e['case_id']}\n{e.get('kind', 'regular')}", fontsize=7)
         for c, name in enumerate(names):
             pdir = Path(by_row[name]["overrides"]["output_dir"]) / "predictions" / Path(str(e["case_id"])).name
-            show(axes[r, 2 + c], vol(pdir / "synthetic_cect.nii.gz"), vol(pdir / "lumen.nii.gz") > 0,
-                 vol(pdir / "thrombus.nii.gz") > 0, rows[name].label)
+            masks = (none, none) if name in without_masks else \
+                (vol(pdir / "lumen.nii.gz") > 0, vol(pdir / "thrombus.nii.gz") > 0)
+            show(axes[r, 2 + c], vol(pdir / "synthetic_cect.nii.gz"), *masks, labels[name])
     fig.tight_layout()
     fig.savefig(str(path), dpi=110)
     plt.close(fig)
