@@ -382,21 +382,23 @@ def markdown(payload: dict, figure: str | None, notes: str) -> str:
     sign_of = {"psnr_roi": 1, "dice_lumen": 1, "dice_thrombus": 1}
     abl = [n for n in ROWS if ROWS[n].model not in ("aortadiff", "cdm", "seg_unet") and n in agg]
     if abl and "aortadiff" in agg:
-        lines += ["", "Ablations against AortaDiff with the same sampler (AortaDiff - ablation; the paper finds "
-                  "each part helps):", ""]
+        lines += ["", "Ablations against AortaDiff with the same sampler (AortaDiff - ablation, paired over the "
+                  "cases and seeds both have; the paper finds each part helps):", ""]
         for n in abl:
             parts = []
             for m in ABLATION_METRICS:
                 d = paired_difference(records, "aortadiff", n, m)
                 if d:
-                    parts.append(f"{METRICS[m][0]} {d['mean']:+.3g} ± {d['se']:.2g} ({verdict(d, sign_of[m])})")
+                    parts.append(f"{METRICS[m][0]} {d['mean']:+.3g} ± {d['se']:.2g}: {verdict(d, sign_of[m])}")
             lines.append(f"- {ROWS[n].label}: " + "; ".join(parts))
-    speed = {n: [r["wall_time_s"]["evaluate"] for r in records if r["row"] == n] for n in ("aortadiff", "aortadiff_repaint")}
-    if all(speed.values()):
+    both = {r["seed"] for r in records if r["row"] == "aortadiff"} & {r["seed"] for r in records if r["row"] == "aortadiff_repaint"}
+    speed = {n: [r["wall_time_s"]["evaluate"] for r in records if r["row"] == n and r["seed"] in both]
+             for n in ("aortadiff", "aortadiff_repaint")}
+    if both:
         lines += ["", f"Sampling time on the held-out cases (inference + evaluation, same model): fast sampler "
                   f"{np.mean(speed['aortadiff']):.0f} s, full RePaint {np.mean(speed['aortadiff_repaint']):.0f} s "
-                  f"(ratio {np.mean(speed['aortadiff_repaint']) / np.mean(speed['aortadiff']):.1f}, same run, "
-                  f"loaded machine)."]
+                  f"(ratio {np.mean(speed['aortadiff_repaint']) / np.mean(speed['aortadiff']):.1f}; seeds "
+                  f"{sorted(both)}, loaded machine)."]
     unc = [r["uncertainty"] for r in records if r["row"] == "aortadiff_mean3"]
     if unc:
         u = unc[0]
@@ -479,8 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     setup = {
         "command": command.strip(), "seeds": sorted({r["seed"] for r in records}), "size": size_name, "iterations": iterations,
         "batch_size": size["overrides"].get("batch_size", 16),
-        "budget": (f"fixed iterations" if estimate.get("fixed") else
-                   f"budget {args.budget_minutes:g} idle-CPU minutes: {estimate}, idle costs {IDLE_COST}"),
+        "budget": ("iterations given" if estimate.get("fixed") else
+                   f"budget {args.budget_minutes:g} idle-CPU minutes for {len(args.seeds)} seed(s), per seed "
+                   f"{estimate['inference_s_per_seed']:.0f} s "
+                   f"of sampling + {estimate['models']} models x {iterations} iterations x "
+                   f"{IDLE_COST['train_s_per_iteration']} s"),
         "data": (f"{size['train_cases']} phantom cases (training / validation split, 25 % without lumen label), "
                  f"{sum(size['heldout'].values())} labeled held-out cases {size['heldout']}, "
                  f"{size['phantom_size']} px x {size['phantom_slices']} slices"),
