@@ -372,6 +372,19 @@ def markdown(payload: dict, figure: str | None, notes: str) -> str:
             cells.append(cell)
         seeds = ", ".join(str(r["seed"]) for r in records if r["row"] == name)
         lines.append(f"| {row.label} | {seeds} | " + " | ".join(cells) + " |")
+    kinds = sorted({c["kind"] for r in records for c in r["per_case"]})
+    if len(kinds) > 1:
+        lines += ["", "By held-out kind (mean over cases and seeds): PSNR ROI dB / Dice lumen / Dice thrombus.", "",
+                  "| row | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for name, row in ROWS.items():
+            cells = []
+            for kind in kinds:
+                vals = [[c.get(m) for r in records if r["row"] == name for c in r["per_case"] if c["kind"] == kind]
+                        for m in ("psnr_roi", "dice_lumen", "dice_thrombus")]
+                cells.append(" / ".join(f"{np.mean(v):.2f}" if v and all(isinstance(x, float) for x in v) else "—"
+                                        for v in vals))
+            if any(c != "— / — / —" for c in cells):
+                lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     lines += ["", "Claims (difference AortaDiff - baseline, paired over cases and seeds, mean ± standard error):", ""]
     for text, metric, row, base, sign, p_ours, p_base in CLAIMS:
         d = paired_difference(records, row, base, metric)
