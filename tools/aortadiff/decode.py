@@ -20,6 +20,7 @@ from monai.transforms import MapTransform
 
 from tools.data.transforms import like, unit_to_hu
 
+
 class DecodeAortaDiffd(MapTransform):
     """Split ``pred_key`` into synthetic CECT (HU), lumen, thrombus, label map and std map.
 
@@ -57,4 +58,30 @@ class DecodeAortaDiffd(MapTransform):
         d[self.prefix + "image_unit"] = like(ref, p[:1].clone())
         d[self.pred_key] = like(ref, label)
         d[self.prefix + "uncertainty_score"] = float(std_hu[aorta].mean()) if aorta.any() else float(std_hu.mean())
+        return d
+
+
+class DecodeSegLabeld(MapTransform):
+    """The segmentation-only baseline's label map (1, H, W[, D]) in {0, 1, 2} -> the same products as AortaDiff's.
+
+    ``lumen`` = label 1 inside the aorta, ``thrombus`` = aorta & ~lumen, ``pred`` their label map: the rule
+    :class:`DecodeAortaDiffd` applies to the SDF head, so both models are scored alike. The baseline makes no
+    image: ``synthetic_cect`` is the input NCCT in HU (``ncct_key``).
+    """
+
+    def __init__(self, pred_key: str = "pred", aorta_key: str = "aorta", ncct_key: str = "ncct_hu") -> None:
+        super().__init__([pred_key])
+        self.pred_key, self.aorta_key, self.ncct_key = pred_key, aorta_key, ncct_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        ref = d[self.ncct_key]
+        label = torch.as_tensor(d[self.pred_key])
+        aorta = torch.as_tensor(d[self.aorta_key]).to(label.device) > 0
+        lumen = (label.round() == 1) & aorta
+        thrombus = aorta & ~lumen
+        d["synthetic_cect"] = like(ref, torch.as_tensor(ref).float().clone())
+        d["lumen"] = like(ref, lumen.to(torch.uint8))
+        d["thrombus"] = like(ref, thrombus.to(torch.uint8))
+        d[self.pred_key] = like(ref, lumen.to(torch.uint8) + 2 * thrombus.to(torch.uint8))
         return d

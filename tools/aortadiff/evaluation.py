@@ -17,6 +17,11 @@ the datalist's ``cect``, ``aorta`` and (when present) ``lumen``:
 Files in ``output_dir``: ``metrics_per_slice.csv``, ``metrics_per_case.csv``, ``metrics_summary.json``,
 ``bland_altman_diameters.png``, ``dice_boxplot.png`` and ``samples_<case_id>.png`` (NCCT | synthetic CECT |
 real CECT | predicted lumen/thrombus).
+
+Baselines score what they make: ``image_metrics=False`` (the segmentation-only U-Net: no image) skips
+PSNR, SSIM, LPIPS and the sample figures; ``segmentation_metrics=False`` (the synthesis-only CDM: no
+lumen) skips Dice, diameters and thrombus area. Skipped metrics are left out of the tables and are
+``None`` in the summary.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from tools.metrics.roi_image_quality import roi_psnr, roi_ssim
 
 logger = logging.getLogger(__name__)
 
+IMAGE_METRICS = ("psnr", "ssim", "psnr_roi", "ssim_roi", "lpips_roi")
+SEGMENTATION_METRICS = ("dice_lumen", "dice_thrombus", "diam_max_mae_mm", "diam_minor_mae_mm", "thrombus_area_err_pct")
 OUTPUT_FILES = ("metrics_per_slice.csv", "metrics_per_case.csv", "metrics_summary.json",
                 "bland_altman_diameters.png", "dice_boxplot.png")
 
@@ -70,7 +77,7 @@ class AortaDiffEvaluation:
     def __init__(self, datalist: str, prediction_dir: str, output_dir: str, split: str = "test",
                  a_min: float = -200.0, a_max: float = 600.0, roi_margin: int = 5, lpips_net: str = "squeeze",
                  lpips_pretrained_backbone: bool = True, uncertainty_threshold: float | None = 20.0,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, image_metrics: bool = True, segmentation_metrics: bool = True) -> None:
         self.datalist, self.split = datalist, split
         self.prediction_dir, self.output_dir = Path(prediction_dir), Path(output_dir)
         self.a_min, self.a_max = float(a_min), float(a_max)
@@ -78,6 +85,7 @@ class AortaDiffEvaluation:
         self.lpips_net, self.lpips_pretrained = lpips_net, bool(lpips_pretrained_backbone)
         self.threshold = uncertainty_threshold
         self.overwrite = overwrite
+        self.image_metrics, self.segmentation_metrics = bool(image_metrics), bool(segmentation_metrics)
 
     # ------------------------------------------------------------------ one case
     def _case(self, entry: dict, lpips: Any) -> tuple[list[dict], dict]:
@@ -85,13 +93,14 @@ class AortaDiffEvaluation:
         pdir = self.prediction_dir / cid
         cect, ref = _load(Path(entry["cect"]), "reference CECT")
         aorta = _load(Path(entry["aorta"]), "aorta mask")[0] > 0
-        lumen_gt = _load(Path(entry["lumen"]), "lumen mask")[0] > 0 if entry.get("lumen") else None
+        lumen_gt = _load(Path(entry["lumen"]), "lumen mask")[0] > 0 \
+            if entry.get("lumen") and self.segmentation_metrics else None
         syn = _load(pdir / FILE_NAMES["synthetic_cect"], "synthetic CECT")[0].astype(np.float32)
         lumen_p = _load(pdir / FILE_NAMES["lumen"], "predicted lumen")[0] > 0
         thr_p = _load(pdir / FILE_NAMES["thrombus"], "predicted thrombus")[0] > 0
-        if syn.shape != cect.shape or aorta.shape != cect.shape:
-            raise ValueError(f"case {cid}: prediction shape {syn.shape} differs from reference '{entry['cect']}' "
-                             f"{cect.shape} / aorta {aorta.shape}")
+        if syn.shape != cect.shape or aorta.shape != cect.shape or lumen_p.shape != cect.shape:
+            raise ValueError(f"case {cid}: prediction shape {syn.shape} / lumen {lumen_p.shape} differs from "
+                             f"reference '{entry['cect']}' {cect.shape} / aorta {aorta.shape}")
         spacing = tuple(float(s) for s in ref.header.get_zooms()[:2])
         roi = AortaROId("a", margin=self.roi_margin)({"a": aorta[None].astype(np.float32)})["roi"][0] > 0
         ks = np.nonzero(aorta.any((0, 1)))[0]
@@ -101,23 +110,25 @@ class AortaDiffEvaluation:
         def stack(vol: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(np.moveaxis(vol[..., ks], -1, 0)[:, None])).float()
 
-        p_w = stack(hu_to_unit(syn, self.a_min, self.a_max))
-        g_w = stack(hu_to_unit(cect.astype(np.float32), self.a_min, self.a_max))
-        r_t = stack(roi.astype(np.float32))
-        psnr = PSNRMetric(max_val=1.0, reduction="none")(p_w, g_w).flatten().tolist()
-        ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")(p_w, g_w).flatten().tolist()
-        rpsnr = roi_psnr(p_w, g_w, r_t, 1.0).tolist()
-        rssim = roi_ssim(p_w, g_w, r_t, 1.0).tolist()
-        lp = lpips(p_w * 2 - 1, g_w * 2 - 1, r_t).tolist() if lpips is not None else [float("nan")] * len(ks)
         thr_gt = aorta & ~lumen_gt if lumen_gt is not None else None
-        ncct = _load(Path(entry["ncct"]), "NCCT")[0].astype(np.float32)
-        preview_png(ncct, syn, lumen_p, thr_p, self.output_dir / f"samples_{cid}.png", (self.a_min, self.a_max),
-                    real_cect_hu=cect.astype(np.float32),
-                    ref_masks=(lumen_gt, thr_gt) if lumen_gt is not None else None)
+        image_rows: list[dict] = [{} for _ in ks]
+        if self.image_metrics:
+            p_w = stack(hu_to_unit(syn, self.a_min, self.a_max))
+            g_w = stack(hu_to_unit(cect.astype(np.float32), self.a_min, self.a_max))
+            r_t = stack(roi.astype(np.float32))
+            values = {"psnr": PSNRMetric(max_val=1.0, reduction="none")(p_w, g_w).flatten().tolist(),
+                      "ssim": SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")(p_w, g_w).flatten().tolist(),
+                      "psnr_roi": roi_psnr(p_w, g_w, r_t, 1.0).tolist(), "ssim_roi": roi_ssim(p_w, g_w, r_t, 1.0).tolist(),
+                      "lpips_roi": lpips(p_w * 2 - 1, g_w * 2 - 1, r_t).tolist() if lpips is not None
+                      else [float("nan")] * len(ks)}
+            image_rows = [{m: v[i] for m, v in values.items()} for i in range(len(ks))]
+            ncct = _load(Path(entry["ncct"]), "NCCT")[0].astype(np.float32)
+            preview_png(ncct, syn, lumen_p, thr_p, self.output_dir / f"samples_{cid}.png", (self.a_min, self.a_max),
+                        real_cect_hu=cect.astype(np.float32),
+                        ref_masks=(lumen_gt, thr_gt) if lumen_gt is not None else None)
         rows = []
         for i, k in enumerate(ks):
-            row = {"case_id": cid, "slice": int(k), "psnr": psnr[i], "ssim": ssim[i], "psnr_roi": rpsnr[i],
-                   "ssim_roi": rssim[i], "lpips_roi": lp[i]}
+            row = {"case_id": cid, "slice": int(k), **image_rows[i]}
             if lumen_gt is not None:
                 dp, dg = lumen_diameters_mm(lumen_p[..., k], spacing), lumen_diameters_mm(lumen_gt[..., k], spacing)
                 row.update(dice_lumen=mask_dice(lumen_p[..., k], lumen_gt[..., k]),
@@ -131,7 +142,7 @@ class AortaDiffEvaluation:
                            thrombus_area_err_pct=thrombus_area_error_percent(thr_p[..., k], thr_gt[..., k], spacing))
             rows.append(row)
         case = {"case_id": cid, "labeled": lumen_gt is not None, "n_slices": len(ks),
-                **{m: _nanmean([r[m] for r in rows]) for m in ("psnr", "ssim", "psnr_roi", "ssim_roi", "lpips_roi")},
+                **{m: _nanmean([r[m] for r in rows]) for m in IMAGE_METRICS if self.image_metrics},
                 "uncertainty_score": score}
         if lumen_gt is not None:
             case.update(dice_lumen=mask_dice(lumen_p, lumen_gt), dice_thrombus=mask_dice(thr_p, thr_gt),
@@ -146,7 +157,9 @@ class AortaDiffEvaluation:
         refuse_overwrite(targets, self.overwrite)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         entries = load_datalist(self.datalist, self.split, required_keys=("ncct", "cect", "aorta"))
-        if self.lpips_pretrained:
+        if not self.image_metrics:
+            lpips, lpips_status = None, "skipped: image_metrics is false (the model makes no image)"
+        elif self.lpips_pretrained:
             lpips = build_lpips_or_none(self.lpips_net, True)
             lpips_status = f"computed ({self.lpips_net}, ImageNet backbone)" if lpips is not None else \
                 "skipped: torchvision backbone weights not found (run `python tools/download_weights.py`)"
@@ -174,9 +187,7 @@ class AortaDiffEvaluation:
         return summary
 
     def _summary(self, cases: list[dict], lpips_status: str) -> dict:
-        keys = ("psnr", "ssim", "psnr_roi", "ssim_roi", "lpips_roi", "dice_lumen", "dice_thrombus",
-                "diam_max_mae_mm", "diam_minor_mae_mm", "thrombus_area_err_pct")
-        mean = {k: _nanmean([c.get(k) for c in cases]) for k in keys}
+        mean = {k: _nanmean([c.get(k) for c in cases]) for k in IMAGE_METRICS + SEGMENTATION_METRICS}
         scored = [c for c in cases if c.get("uncertainty_score") is not None and c.get("labeled")]
         unc: dict[str, Any] = {"threshold": self.threshold, "n_cases_with_score": len(scored)}
         if len(scored) >= 3:

@@ -1,4 +1,5 @@
-"""Figures of the AortaDiff evaluation: Bland-Altman plot of lumen diameters and Dice box plot (PNG)."""
+"""Figures of the AortaDiff evaluation: Bland-Altman plot of lumen diameters, Dice box plot and the experiment's
+grid of every variant on held-out cases (PNG)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,71 @@ def dice_boxplot_png(groups: dict[str, Sequence[float]], path: str | Path, title
     ax.set_ylim(0, 1)
     ax.set_ylabel("Dice")
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+    plt.close(fig)
+
+
+def variant_grid_png(records: Sequence[dict], test_entries: Sequence[dict], path: str | Path, labels: dict[str, str],
+                     without_masks: Sequence[str] = (), kinds: Sequence[str] = ("regular", "thin_thrombus", "calcified_wall", "low_contrast"),
+                     window: tuple[float, float] = (-200.0, 600.0), crop_mm: float = 90.0) -> None:
+    """One held-out case per kind (first labeled case of each), its slice with the most thrombus, cropped
+    to ``crop_mm`` around the aorta: NCCT | real CECT with reference masks | every row's synthetic CECT with
+    its predicted lumen (red) and thrombus (yellow) contours (none for the rows in ``without_masks``).
+    ``records``: the experiment's evaluation records (those of the smallest seed are shown;
+    ``overrides.output_dir``/predictions/<case_id>/ holds each row's NIfTI outputs); ``labels``: row -> title,
+    in column order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    seed = min(r["seed"] for r in records) if records else None
+    by_row = {r["row"]: r for r in records if r["seed"] == seed}
+    names = [n for n in labels if n in by_row]
+    cases = []
+    for kind in kinds:
+        entry = next((e for e in test_entries if e.get("kind", "regular") == kind and e.get("lumen")), None)
+        if entry is not None:
+            cases.append(entry)
+    if not cases or not names:
+        raise ValueError("variant_grid_png: no labeled held-out case or no evaluated row to show")
+    fig, axes = plt.subplots(len(cases), 2 + len(names), figsize=(1.7 * (2 + len(names)), 1.9 * len(cases)),
+                             squeeze=False)
+
+    def vol(p):
+        return np.asarray(nib.load(str(p)).dataobj)
+
+    for r, e in enumerate(cases):
+        aorta, lumen = vol(e["aorta"]) > 0, vol(e["lumen"]) > 0
+        k = int(np.argmax((aorta & ~lumen).sum((0, 1))))
+        spacing = nib.load(str(e["aorta"])).header.get_zooms()[:2]
+        ii, jj = np.nonzero(aorta[:, :, k])
+        half = [max(4, int(crop_mm / 2 / s)) for s in spacing]
+        ci, cj = int(ii.mean()), int(jj.mean())
+        box = (slice(max(0, ci - half[0]), ci + half[0]), slice(max(0, cj - half[1]), cj + half[1]))
+
+        def show(ax, img, lum, thr, title):
+            ax.imshow(np.rot90(img[box][..., k]), cmap="gray", vmin=window[0], vmax=window[1])
+            for m, color in ((thr, "yellow"), (lum, "red")):  # the lumen on top: it shares a border with the thrombus
+                sl = np.rot90(m[box][..., k]).astype(float)
+                if sl.any():
+                    ax.contour(sl, levels=[0.5], colors=color, linewidths=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=7)
+
+        none = np.zeros_like(aorta)
+        show(axes[r, 0], vol(e["ncct"]), none, none, "NCCT")
+        show(axes[r, 1], vol(e["cect"]), lumen, aorta & ~lumen, "real CECT + reference")
+        axes[r, 0].set_ylabel(f"{e['case_id']}\n{e.get('kind', 'regular')}", fontsize=7)
+        for c, name in enumerate(names):
+            pdir = Path(by_row[name]["overrides"]["output_dir"]) / "predictions" / Path(str(e["case_id"])).name
+            masks = (none, none) if name in without_masks else \
+                (vol(pdir / "lumen.nii.gz") > 0, vol(pdir / "thrombus.nii.gz") > 0)
+            show(axes[r, 2 + c], vol(pdir / "synthetic_cect.nii.gz"), *masks, labels[name])
     fig.tight_layout()
     fig.savefig(str(path), dpi=110)
     plt.close(fig)

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from tools.data.transforms import like
 
-__all__ = ["sdf_encode", "sdf_decode", "SignedDistanced", "AortaROId"]
+__all__ = ["sdf_encode", "binary_encode", "sdf_decode", "SignedDistanced", "AortaROId", "MASK_ENCODINGS"]
 
 
 # --------------------------------------------------------------------------- signed distance field
@@ -55,29 +55,42 @@ def sdf_decode(sdf):
     return (np.asarray(sdf) < 0).astype(np.uint8)
 
 
+def binary_encode(mask: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The binary-mask ablation of :func:`sdf_encode`: -1 inside, +1 outside (same sign, no distance)."""
+    return np.where(convert_to_numpy(mask).astype(bool), -1.0, 1.0).astype(np.float32)
+
+
+MASK_ENCODINGS = {"sdf": sdf_encode, "binary": lambda mask, spacing=None: binary_encode(mask)}
+
+
 class SignedDistanced(MapTransform):
     """Encode binary masks in ``keys`` as normalised SDFs (see :func:`sdf_encode`).
 
+    ``encoding="binary"`` is the paper's ablation: the mask head regresses the mask itself, as -1 inside and
+    +1 outside (:func:`binary_encode`), decoded by the same ``sdf < 0``.
     ``per_slice=True`` encodes each axial slice (last axis) of a volume separately, as a 2D model sees it.
     The result replaces the key, or goes to ``output_key`` (one key only) when given.
     """
 
     def __init__(self, keys: KeysCollection, output_key: str | None = None, per_slice: bool = False,
-                 allow_missing_keys: bool = False) -> None:
+                 encoding: str = "sdf", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if output_key is not None and len(self.keys) != 1:
             raise ValueError("SignedDistanced: output_key needs exactly one input key")
+        if encoding not in MASK_ENCODINGS:
+            raise ValueError(f"mask_encoding must be one of {sorted(MASK_ENCODINGS)}, got {encoding!r}")
         self.output_key = output_key
         self.per_slice = per_slice
+        self.encode = MASK_ENCODINGS[encoding]
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             arr = convert_to_numpy(d[key])
             if self.per_slice and arr.ndim == 4:
-                sdf = np.stack([sdf_encode(arr[..., k]) for k in range(arr.shape[-1])], -1)
+                sdf = np.stack([self.encode(arr[..., k]) for k in range(arr.shape[-1])], -1)
             else:
-                sdf = sdf_encode(arr)
+                sdf = self.encode(arr)
             d[self.output_key or key] = like(d[key], sdf)
         return d
 
@@ -87,20 +100,25 @@ class AortaROId(MapTransform):
     """Add ``output_key``: the aorta-centred region of interest, the aorta mask dilated by ``margin`` pixels.
 
     Dilation is in-plane (per axial slice) with a disk, so that a 2D model's ROI matches what a 3D volume
-    gives slice by slice. ``margin=0`` returns the aorta mask itself.
+    gives slice by slice. ``margin=0`` returns the aorta mask itself. ``whole_slice=True`` (the paper's
+    "no aorta restriction" ablation) makes the ROI every pixel of each slice that holds aorta: LPIPS then
+    covers the whole slice and RePaint generates the whole slice (no fusion with the NCCT).
     """
 
-    def __init__(self, keys: KeysCollection, output_key: str = "roi", margin: int = 5,
+    def __init__(self, keys: KeysCollection, output_key: str = "roi", margin: int = 5, whole_slice: bool = False,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_key = output_key
         self.margin = int(margin)
+        self.whole_slice = bool(whole_slice)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             m = convert_to_numpy(d[key]) > 0
-            if self.margin > 0:
+            if self.whole_slice:
+                m = np.broadcast_to(m.any(axis=(1, 2), keepdims=True), m.shape)  # (C, H, W[, D]): per axial slice
+            elif self.margin > 0:
                 r = self.margin
                 yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
                 disk = (yy**2 + xx**2) <= r * r

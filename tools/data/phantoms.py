@@ -145,14 +145,15 @@ def render(tissue: np.ndarray, hu: np.ndarray, tex_amp: np.ndarray, texture: np.
 
 
 def make_case(anatomy: str, seed: int, index: int, size: int = 256, slices: int = 64, orientation: str = "RAS",
-              with_tissue: bool = False) -> dict[str, Any]:
+              with_tissue: bool = False, build_kw: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate case ``index`` of ``anatomy`` for ``seed`` in memory.
 
     Returns:
         dict with ``arrays`` ({key: array (size, size, slices)}; images float32 HU, masks/labels uint8),
         ``affine`` (4x4), ``spacing`` (dx, dy, dz) mm, ``orientation``, ``info`` (per-case parameters:
         noise sigma, CECT lumen HU, aorta diameters...) and, if ``with_tissue``, ``tissue`` (uint8 tissue
-        map) with ``tissue_names`` (id -> name) for tests and figures.
+        map) with ``tissue_names`` (id -> name) for tests and figures. ``build_kw`` goes to the anatomy's
+        ``build`` (aaa: ``kind``, see `tools.data.phantoms_aaa`).
     """
     _check_args(anatomy, 1, size, slices, seed=seed)
     rng = np.random.default_rng([int(seed), _ANATOMY_CODE[anatomy], int(index)])
@@ -161,7 +162,7 @@ def make_case(anatomy: str, seed: int, index: int, size: int = 256, slices: int 
     grid = make_grid(size, slices, dxy, dz, orientation, centre)
     canvas = Canvas(grid)
     mod = _builder(anatomy)
-    built = mod.build(canvas, rng, fov)
+    built = mod.build(canvas, rng, fov, **(build_kw or {}))
     ts = built["tissues"]
     texture = _texture(grid.shape, rng)
     sigma = float(rng.uniform(8.0, 20.0))

@@ -4,9 +4,22 @@ The aorta keeps true millimetres: normal diameter ``d_normal`` (15-25 mm, slight
 a smooth cosine bulge to ``d_max`` (up to 70 mm) over part of the stack; inside it an eccentric lumen
 sits in a crescent of thrombus whose thickness grows with the sac; calcified arcs lie on the outer
 wall. See `tools.data.phantoms` for the geometry conventions.
+
+Harder held-out cases (``kind`` of :func:`build`, :data:`KINDS`) change only the ranges some draws come
+from, never the number of draws, so the ``regular`` kind is the generator's default case, byte for byte:
+
+- ``thin_thrombus``: the thrombus crescent is 12-30 % (instead of 55-90 %) of the sac's excess radius;
+- ``calcified_wall``: 12-20 calcified arcs (instead of 3-9) of 60-160 degrees (instead of 15-70);
+- ``low_contrast``: the CECT lumen is 130-180 HU (instead of 250-400 HU).
+
+:func:`write_heldout` writes such cases (case indices from 1000 on, disjoint from the training cases)
+as a datalist with a ``test`` split.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +37,23 @@ from tools.data.phantoms_torso import (
 TISSUES = TORSO + ["mesenteric_vessel", "kidney_cortex", "kidney_medulla", "sinus_fat", "liver", "ivc", "aortic_wall", "thrombus", "lumen",
                    "calcification"]
 AORTA_TISSUES = ("aortic_wall", "thrombus", "lumen", "calcification")
+# ranges of the draws that make a case hard; KINDS[kind] overrides REGULAR
+REGULAR = {"thrombus_fraction": (0.55, 0.9), "calcifications": (3, 9), "calc_arc_deg": (15.0, 70.0),
+           "lumen_cect_hu": (250.0, 400.0)}
+KINDS = {
+    "regular": {},
+    "thin_thrombus": {"thrombus_fraction": (0.12, 0.3)},
+    "calcified_wall": {"calcifications": (12, 21), "calc_arc_deg": (60.0, 160.0)},
+    "low_contrast": {"lumen_cect_hu": (130.0, 180.0)},
+}
+HELDOUT_FIRST_INDEX = 1000
+
+
+def kind_ranges(kind: str) -> dict:
+    """The draw ranges of a case ``kind`` (one of :data:`KINDS`)."""
+    if kind not in KINDS:
+        raise ValueError(f"aaa phantom kind must be one of {sorted(KINDS)}; got {kind!r}")
+    return {**REGULAR, **KINDS[kind]}
 
 
 def aorta_profile(rng: np.random.Generator, t: np.ndarray) -> dict:
@@ -40,8 +70,9 @@ def aorta_profile(rng: np.random.Generator, t: np.ndarray) -> dict:
     return {"d": d.astype(np.float32), "d_normal": d_normal.astype(np.float32), "d_max": d_max, "bump": bump}
 
 
-def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
-    """Paint one case into ``c`` and return tissue set, HU tables (``ncct``, ``cect``) and structure info."""
+def build(c: Canvas, rng: np.random.Generator, fov: float, kind: str = "regular") -> dict:
+    """Paint one case of ``kind`` into ``c``; return tissue set, HU tables (``ncct``, ``cect``) and structure info."""
+    ranges = kind_ranges(kind)
     ts = TissueSet(TISSUES)
     g = c.grid
     z = g.z
@@ -86,26 +117,27 @@ def build(c: Canvas, rng: np.random.Generator, fov: float) -> dict:
     cy = tor.front + uniform(rng, 2, 4) + b
     c.tube(ts["aortic_wall"], z, cx, cy, a, b)
     c.tube(ts["thrombus"], z, cx, cy, a - wall, b - wall)
-    th = ((R - wall) - (Rn - wall)) * uniform(rng, 0.55, 0.9)  # thrombus thickness, 0 outside the sac
+    th = ((R - wall) - (Rn - wall)) * uniform(rng, *ranges["thrombus_fraction"])  # thrombus thickness, 0 outside the sac
     rl = (R - wall) - th
     psi = uniform(rng, 0, 2 * np.pi) + 0.6 * np.sin(2 * np.pi * (t * uniform(rng, 0.3, 0.8) + uniform(rng, 0, 1)))
     off = th * uniform(rng, 0.5, 0.9)
     c.tube(ts["lumen"], z, cx + off * np.cos(psi), cy + off * np.sin(psi), rl / np.sqrt(e), rl * np.sqrt(e),
            only=[ts["thrombus"]])
-    _calcifications(c, ts, rng, z, cx, cy, a, b, wall)
-    _hu(ts, rng)
-    info = {"lumen_cect_hu": ts.lumen_cect, "d_max_mm": prof["d_max"], "d_normal_mm": float(prof["d_normal"].max()),
+    _calcifications(c, ts, rng, z, cx, cy, a, b, wall, ranges["calcifications"], ranges["calc_arc_deg"])
+    _hu(ts, rng, ranges["lumen_cect_hu"])
+    info = {"kind": kind, "lumen_cect_hu": ts.lumen_cect, "d_max_mm": prof["d_max"], "d_normal_mm": float(prof["d_normal"].max()),
             "diameter_mm": [round(float(v), 3) for v in prof["d"]]}
     return {"tissues": ts, "phases": ("ncct", "cect"), "info": info}
 
 
-def _calcifications(c: Canvas, ts: TissueSet, rng, z, cx, cy, a, b, wall) -> None:
-    """Arcs of 15-70 degrees on the outer wall (band of ``wall + ~1.5`` mm), each over 5-35 mm of z."""
-    n = int(rng.integers(3, 9))
+def _calcifications(c: Canvas, ts: TissueSet, rng, z, cx, cy, a, b, wall, count=(3, 9), arc_deg=(15.0, 70.0)) -> None:
+    """``count`` (integers' [lo, hi)) arcs of ``arc_deg`` degrees on the outer wall (band of ``wall + ~1.5`` mm),
+    each over 5-35 mm of z."""
+    n = int(rng.integers(*count))
     zv = c.grid.z
     for _ in range(n):
         zc, half = uniform(rng, float(z.min()), float(z.max())), uniform(rng, 2.5, 17.5)
-        ang, width = uniform(rng, 0, 2 * np.pi), np.deg2rad(uniform(rng, 15, 70)) / 2
+        ang, width = uniform(rng, 0, 2 * np.pi), np.deg2rad(uniform(rng, *arc_deg)) / 2
         band = wall + uniform(rng, 1.0, 2.2)
         sel = np.abs(zv - zc) <= half
         if not sel.any():
@@ -126,10 +158,10 @@ def _calcifications(c: Canvas, ts: TissueSet, rng, z, cx, cy, a, b, wall) -> Non
         c.paint_mask(ts["calcification"], fn, lo, hi, only=[ts["aortic_wall"], ts["thrombus"]])
 
 
-def _hu(ts: TissueSet, rng) -> TissueSet:
+def _hu(ts: TissueSet, rng, lumen_cect_hu=(250.0, 400.0)) -> TissueSet:
     """Per-case HU of every tissue in both phases (NCCT plain, CECT arterial/early portal)."""
     fat = uniform(rng, -110, -90)
-    lumen_cect = uniform(rng, 250, 400)
+    lumen_cect = uniform(rng, *lumen_cect_hu)
     table = {  # name: (ncct, cect, texture amplitude)
         "skin": (30, 40, 5), "fat": (fat, fat, 6), "muscle": (uniform(rng, 43, 57), None, 6),
         "visceral_fat": (fat + uniform(rng, 0, 8), None, 8), "cortical": (uniform(rng, 600, 800), None, 60),
@@ -158,3 +190,39 @@ def masks(tissue: np.ndarray, ts: TissueSet) -> dict[str, np.ndarray]:
     ids = np.zeros(len(ts.names), np.uint8)
     ids[[ts[n] for n in AORTA_TISSUES]] = 1
     return {"aorta": np.asfortranarray(ids[tissue]), "lumen": np.asfortranarray(tissue == ts["lumen"]).view(np.uint8)}
+
+
+def write_heldout(out: str | Path, kinds: dict[str, int], seed: int = 0, size: int = 256, slices: int = 64) -> Path:
+    """Write held-out labeled cases, ``kinds[kind]`` of each kind, into ``out``; return its datalist path.
+
+    Case ``i`` (counted over the kinds in order) is case index ``HELDOUT_FIRST_INDEX + i`` of the generator
+    (so never a training case of the same seed), id ``aaa_<kind>_<i>``, orientation RAS / LPS alternating.
+    The datalist has one split, ``test``, with ``ncct``, ``cect``, ``aorta``, ``lumen`` and ``kind`` per entry.
+    A folder holding the same request (``heldout_params.json``) is reused as it is.
+    """
+    from tools.data.phantoms import KEYS, _save, make_case  # lazy: tools.data.phantoms imports this module
+
+    for kind in kinds:
+        kind_ranges(kind)
+    out = Path(out)
+    params = {"kinds": {k: int(n) for k, n in kinds.items()}, "seed": int(seed), "size": int(size), "slices": int(slices),
+              "first_index": HELDOUT_FIRST_INDEX}
+    params_file, datalist = out / "heldout_params.json", out / "datalist.json"
+    if datalist.is_file() and params_file.is_file() and json.loads(params_file.read_text()) == params:
+        return datalist
+    entries, i = [], 0
+    for kind, n in kinds.items():
+        for _ in range(int(n)):
+            case_id = f"aaa_{kind}_{i:02d}"
+            case = make_case("aaa", seed, HELDOUT_FIRST_INDEX + i, size, slices, ("RAS", "LPS")[i % 2],
+                             build_kw={"kind": kind})
+            (out / case_id).mkdir(parents=True, exist_ok=True)
+            entry = {"case_id": case_id, "kind": kind}
+            for key in KEYS["aaa"]:
+                _save(case["arrays"][key], case["affine"], out / case_id / f"{key}.nii.gz")
+                entry[key] = f"{case_id}/{key}.nii.gz"
+            entries.append(entry)
+            i += 1
+    datalist.write_text(json.dumps({"test": entries}, indent=1))
+    params_file.write_text(json.dumps(params, indent=1))
+    return datalist
