@@ -64,13 +64,14 @@ def test_training_writes_plain_model_pt_and_a_full_checkpoint(trained):
     model = torch.load(Path(paths["ckpt_dir"]) / "model.pt", map_location="cpu", weights_only=True)
     assert all(torch.is_tensor(v) for v in model.values())  # model-zoo's models/model.pt: the EMA state dict
     assert any(k.startswith("mask_head.") for k in model) and any(k.startswith("image_head.") for k in model)
-    full = [p for p in Path(paths["ckpt_dir"]).glob("*.pt") if p.name not in ("model.pt", "model_best.pt")]
-    assert len(full) == 1, full
-    ckpt = torch.load(full[0], map_location="cpu", weights_only=True)
-    assert {"model", "model_online", "optimizer", "loss_weighting"} <= set(ckpt)
-    assert all(torch.equal(ckpt["model"][k], model[k]) for k in model)
-    # the EMA weights ("model") differ from the online weights after training steps
-    diff = sum(float((ckpt["model"][k].float() - ckpt["model_online"][k].float()).abs().sum()) for k in ckpt["model"])
+    full = sorted(Path(paths["ckpt_dir"]).glob("training_state_checkpoint_*.pt"))
+    others = {p.name for p in Path(paths["ckpt_dir"]).glob("*.pt")} - {p.name for p in full}
+    assert full and "model.pt" in others and others <= {"model.pt", "model_best.pt"}, others  # one full-state kind
+    ckpt = torch.load(full[-1], map_location="cpu", weights_only=True)
+    assert {"network", "ema_network", "optimizer", "lr_scheduler", "loss_weighting", "trainer"} <= set(ckpt)
+    assert all(torch.equal(ckpt["ema_network"][k], model[k]) for k in model)
+    # the EMA weights differ from the online weights after training steps
+    diff = sum(float((ckpt["ema_network"][k].float() - ckpt["network"][k].float()).abs().sum()) for k in model)
     assert diff > 0
     assert "log_vars" in ckpt["loss_weighting"]  # learnable Kendall s1, s2 are saved
     assert list(Path(paths["output_dir"]).glob("events.out.tfevents*"))  # TensorBoard
