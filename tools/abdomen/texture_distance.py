@@ -10,10 +10,10 @@ idea with a small hand-made radiomics-style feature set computed by scikit-image
   2 (12): contrast, dissimilarity, homogeneity, energy, correlation, ASM;
 - sharpness (2): mean Sobel gradient magnitude, variance of the Laplacian (blurred samples score low).
 
-Every feature is standardised with the mean and standard deviation of the REAL set (floored at 1 % of the
-mean), then the Fréchet distance of
-the two Gaussians (MONAI's ``get_fid_score``) is taken: 0 for identical feature statistics; units are "real-set
-standard deviations squared", so values are comparable between methods on one test set, not with published FIDs.
+Every feature is standardised (z-score) over the pooled real and synthetic slices, then the Fréchet distance of the
+two Gaussians (MONAI's ``get_fid_score``) is taken: 0 for identical feature statistics, bounded for disjoint sets
+(a real-set-only scale explodes when a feature hardly varies over the real slices, as on small phantom test sets).
+Values rank methods on one test set; they are not on the scale of published FIDs.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def texture_features(images: np.ndarray | torch.Tensor, labels: np.ndarray | tor
 
 
 def frechet_texture_distance(fake_features: np.ndarray, real_features: np.ndarray) -> float:
-    """Fréchet distance of the two feature sets after standardising both with the real set's mean and std.
+    """Fréchet distance of the two feature sets after standardising both with the pooled mean and std.
 
     Args:
         fake_features, real_features: (N, F) and (M, F) from :func:`texture_features`, N, M >= 2.
@@ -87,7 +87,8 @@ def frechet_texture_distance(fake_features: np.ndarray, real_features: np.ndarra
     fake, real = np.asarray(fake_features, np.float64), np.asarray(real_features, np.float64)
     if fake.shape[0] < 2 or real.shape[0] < 2:
         raise ValueError(f"FTD needs at least 2 slices per set, got {fake.shape[0]} and {real.shape[0]}")
-    mu, sd = real.mean(0), real.std(0)
-    sd = np.maximum(sd, 1e-6 + 1e-2 * np.abs(mu))  # a feature constant over the real set must not blow up
+    pooled = np.concatenate([fake, real])
+    mu, sd = pooled.mean(0), pooled.std(0)
+    sd = np.where(sd > 1e-12, sd, 1.0)  # a feature constant over both sets contributes nothing
     z = lambda a: torch.from_numpy((a - mu) / sd)  # noqa: E731
     return float(get_fid_score(z(fake), z(real)))
