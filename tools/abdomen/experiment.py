@@ -88,7 +88,7 @@ def size_settings(size: str, quick: bool) -> dict:
     if size == "cpu":
         return {"keys": {**NET_CPU, "phantom_cases": 14, "phantom_size": 64, "phantom_slices": 32, "batch_size": 8,
                          "learning_rate": 0.0005, "num_val_slices": 8, "val_num_inference_steps": 10},
-                "gan": GAN_CPU, "eval_sampler": "ddim", "eval_steps": 10, "segmenter_iterations": 200,
+                "gan": GAN_CPU, "eval_sampler": "ddim", "eval_steps": 10, "segmenter_iterations": "half",
                 "segmenter_batch_size": 16, "num_synthetic_slices": 96, "fixed_iterations": None}
     if size == "paper":  # train.json as written (256 px, 150 000 iterations, DDPM 1000 steps)
         return {"keys": {}, "gan": {}, "eval_sampler": "ddpm", "eval_steps": 1000, "segmenter_iterations": None,
@@ -122,6 +122,8 @@ class Experiment:
         self.size = size_settings(args.size, args.quick)
         self.work = Path(args.work_dir)
         self.iterations = self.size["fixed_iterations"] or iterations_for_budget(args.budget_minutes)
+        if self.size["segmenter_iterations"] == "half":  # the segmenter trains half as long as each method
+            self.size["segmenter_iterations"] = max(30, self.iterations // 2)
         name = "quick" if args.quick else args.size
         self.common = {
             **self.size["keys"],
