@@ -69,12 +69,12 @@ def test_gan_loss_terms_match_hand_computed_values():
 def test_quick_experiment_writes_results_and_skips_finished_runs(tmp_path):
     md = tmp_path / "results.md"
     md.write_text("# Results on phantoms\n\n<!-- begin cardiac -->\nkept\n<!-- end cardiac -->\n")
-    argv = ["abdomen", "--quick", "--methods", "mask_guided", "pix2pix", "--work_dir", str(tmp_path / "work"),
+    argv = ["abdomen", "--quick", "--methods", "mask_guided", "--work_dir", str(tmp_path / "work"),
             "--data_dir", str(tmp_path / "data"), "--results_dir", str(tmp_path / "results"), "--results_md", str(md)]
     assert main(argv) == 0
     work = tmp_path / "work"
     assert {p.parent.name for p in work.glob("*/result.json")} == {
-        "segmenter_seed0", "mask_guided_seed0", "pix2pix_seed0", "augment_seed0"}
+        "segmenter_seed0", "mask_guided_seed0", "augment_seed0"}
     rec = json.loads((work / "mask_guided_seed0" / "result.json").read_text())
     assert rec["seed"] == 0 and rec["iterations"] == 3 and rec["machine"]["cores"] >= 1
     assert rec["configs"]["train"] == ["train.json"] and rec["overrides"]["conditioning"] == "mask_guided"
@@ -84,11 +84,11 @@ def test_quick_experiment_writes_results_and_skips_finished_runs(tmp_path):
     assert all(np.isfinite(r["ftd"]) for r in rec["metrics"] if r["checkpoint"] != "real")
     out = json.loads((tmp_path / "results" / "abdomen.json").read_text())
     assert out["iterations_per_method"] == 3 and out["missing"] == []
-    assert set(out["summary"]) == {"mask_guided", "pix2pix"} and out["claims"]
+    assert set(out["summary"]) == {"mask_guided"} and out["claims"]  # the PSNR sentence and the augmentation
     assert (tmp_path / "results" / "abdomen_samples.png").is_file()
     text = md.read_text()
-    assert "kept" in text and "<!-- begin abdomen -->" in text and "| Pix2Pix |" in text
+    assert "kept" in text and "<!-- begin abdomen -->" in text and "| Mask-guided DDPM |" in text
     # a rerun skips every finished run
-    stamp = (work / "pix2pix_seed0" / "result.json").stat().st_mtime_ns
+    stamp = (work / "mask_guided_seed0" / "result.json").stat().st_mtime_ns
     assert main(argv) == 0
-    assert (work / "pix2pix_seed0" / "result.json").stat().st_mtime_ns == stamp
+    assert (work / "mask_guided_seed0" / "result.json").stat().st_mtime_ns == stamp

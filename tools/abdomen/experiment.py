@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -270,6 +269,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--data_dir", default="cache/phantoms", help="phantom cache folder")
     p.add_argument("--results_dir", default=str(REPO / "docs" / "results"))
     p.add_argument("--results_md", default=str(REPO / "docs" / "results.md"))
+    p.add_argument("--notes", default="", help="text added to the results section (what the sample figures show)")
     args = p.parse_args(argv)
     if args.work_dir is None:
         args.work_dir = f"runs/experiments/abdomen_{'quick' if args.quick else args.size}"

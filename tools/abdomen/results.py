@@ -242,8 +242,8 @@ def markdown(payload: dict, labels: dict) -> str:
                           f"{payload['seeds'][0]})"), ("abdomen_convergence.png", "DDPMs at their three checkpoints")):
         if fig in payload["figures"]:
             lines += ["", f"![{caption}](results/{fig})", "", f"*{caption}.*"]
-    if payload.get("figure_notes"):
-        lines += ["", payload["figure_notes"]]
+    if payload.get("notes"):
+        lines += ["", payload["notes"]]
     return "\n".join(lines)
 
 
@@ -282,7 +282,7 @@ def write_results(exp, records: list[dict]) -> dict:
         },
         "summary": summary, "segmenter_real_dice": seg_dice,
         "claims": claims(summary, aug, DDPMS, LABELS), "figures": figures,
-        "figure_notes": getattr(args, "figure_notes", ""),
+        "notes": args.notes,
         "runs": records,
     }
     write_json(results_dir / "abdomen.json", payload)
