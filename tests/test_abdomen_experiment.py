@@ -83,7 +83,7 @@ def test_quick_experiment_writes_results_and_skips_finished_runs(tmp_path):
     assert iters == ["1", "2", "3"]  # three checkpoints of the DDPM
     assert all(np.isfinite(r["ftd"]) for r in rec["metrics"] if r["checkpoint"] != "real")
     out = json.loads((tmp_path / "results" / "abdomen.json").read_text())
-    assert out["iterations_per_method"] == 3 and out["missing"] == []
+    assert out["iterations_per_method"] == [3] and out["missing"] == []
     assert set(out["summary"]) == {"mask_guided"} and out["claims"]  # the PSNR sentence and the augmentation
     assert (tmp_path / "results" / "abdomen_samples.png").is_file()
     text = md.read_text()

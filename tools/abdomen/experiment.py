@@ -58,12 +58,12 @@ PAPER_TABLE2 = {
     "oasis": {"fid": 43.57},
     "pix2pix": {"fid": 78.86},
 }
-# Seconds per training iteration at the CPU size (64 px, batch 8) on an idle 2-core machine: the concat DDPM
-# anchored at the project's measured 0.24 s of a 0.7 M-parameter diffusion U-Net scaled to its 0.53 M parameters,
-# the others by their cost ratio to it measured in one process (2 runs, loaded machine: mask-guided 1.9-2.4x,
-# edge-guided 1.2x, SDM 1.7-2.5x, SPADE 1.06x, Pix2Pix 0.41x).
-SECONDS_PER_ITERATION = {"concat": 0.20, "mask_guided": 0.42, "edge_guided": 0.25, "sdm": 0.42,
-                         "spade": 0.22, "pix2pix": 0.09}
+# Seconds per training iteration at the CPU size (64 px, batch 8): process CPU time of one thread, measured for all
+# six in one process (3 iterations each after a warm-up, best of 2; torch 2.14 / MONAI 1.6.1 on the project's AMD
+# EPYC machine). CPU time does not grow with the load of other jobs, and an idle 2-core machine running 2 threads
+# is faster than one thread, so the budget is an upper bound of the idle time.
+SECONDS_PER_ITERATION = {"concat": 0.22, "mask_guided": 0.27, "edge_guided": 0.30, "sdm": 0.48,
+                         "spade": 0.28, "pix2pix": 0.11}
 TRAIN_SHARE = 0.75  # of the budget; the rest samples (evaluation, synthetic slices) and trains the segmenter
 
 NET_CPU = {"image_size": 64, "channels": [16, 32, 64], "attention_levels": [False, False, True], "num_res_blocks": 1,
@@ -273,7 +273,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.work_dir is None:
         args.work_dir = f"runs/experiments/abdomen_{'quick' if args.quick else args.size}"
-    args.command = "python -m tools.experiments abdomen " + " ".join(argv)
+    shown = [a for i, a in enumerate(argv) if a != "--notes" and (i == 0 or argv[i - 1] != "--notes")]
+    args.command = "python -m tools.experiments abdomen " + " ".join(shown)
     return args
 
 

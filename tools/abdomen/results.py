@@ -203,8 +203,8 @@ def markdown(payload: dict, labels: dict) -> str:
     s, paper = payload["summary"], payload["paper_table2"]
     lines = ["## Abdominal semantic synthesis (Zhuang et al.): Table 2 rerun on phantoms", ""]
     lines.append(f"Command: `{payload['command']}`; seeds {payload['seeds']}; size `{payload['size']}`; "
-                 f"{payload['iterations_per_method']} training iterations per method at batch {payload['batch_size']} "
-                 f"(equal budget: {payload['budget_minutes']} idle-machine minutes); wall time "
+                 f"{' / '.join(map(str, payload['iterations_per_method']))} training iterations per method at batch {payload['batch_size']} "
+                 f"(equal budget: {payload['budget_minutes']} idle-machine minutes); wall time summed over the runs "
                  f"{payload['wall_time_s']:.0f} s on {payload['machine']['cores']} cores of {payload['machine']['cpu']} "
                  f"(load average at the end {payload['machine'].get('load_average_1_5_15')}).")
     if payload["missing"]:
@@ -273,7 +273,9 @@ def write_results(exp, records: list[dict]) -> dict:
     wall = sum(v for r in records for v in r.get("wall_time_s", {}).values())
     payload = {
         "command": args.command, "size": "quick" if args.quick else args.size, "seeds": args.seeds,
-        "budget_minutes": args.budget_minutes, "iterations_per_method": exp.iterations,
+        "budget_minutes": args.budget_minutes,
+        "iterations_per_method": sorted({r["iterations"] for r in records if r.get("kind") == "method"})
+        or [exp.iterations],
         "batch_size": exp.common.get("batch_size", 16), "wall_time_s": wall, "machine": machine_info(),
         "methods": methods, "missing": missing, "paper_table2": PAPER_TABLE2,
         "distribution_metrics": {
