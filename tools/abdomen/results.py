@@ -162,7 +162,7 @@ def sample_figure(path: Path, work: Path, methods, labels: dict, seed: int, a_mi
                 axes[r, c].set_title(labels.get(name, name), fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=75)
     plt.close(fig)
     return path
 
@@ -210,7 +210,7 @@ def markdown(payload: dict, labels: dict) -> str:
     if payload["missing"]:
         lines.append(f"Not finished (yet): {', '.join(payload['missing'])}.")
     lines += ["", "FTD is this project's weight-free Fréchet texture distance (radiomics-style first-order, GLCM and "
-              "sharpness features by scikit-image, standardised by the real test set; lower is better); it stands in "
+              "sharpness features by scikit-image, z-scored over the pooled real and synthetic test slices; lower is better); it stands in "
               "for FID, which needs Inception weights that are not available offline here"
               + (" (FID column: n/a)." if all(not math.isfinite(v["final"].get("fid", {}).get("mean", float("nan")))
                                                 for v in s.values()) else "."),
@@ -252,6 +252,7 @@ def write_results(exp, records: list[dict]) -> dict:
     from tools.abdomen.experiment import DDPMS, LABELS, PAPER_TABLE2
 
     args = exp.args
+    records = [r for r in records if r.get("seed") in args.seeds]
     results_dir = Path(args.results_dir)
     summary = summarise(records)
     aug = [r for r in records if r.get("kind") == "augmentation"]
