@@ -154,6 +154,14 @@ class Experiment:
         d.mkdir(parents=True)
         return d
 
+    def _segmenter_keys(self) -> dict:
+        """The segmenter's training length at this size (the same for the real-only and the augmented one)."""
+        its = self.size["segmenter_iterations"]
+        if not its:
+            return {}
+        return {"segmenter_iterations": its, "segmenter_val_interval": max(1, its // 3),
+                "segmenter_batch_size": self.size["segmenter_batch_size"], "segmenter_num_val_slices": 16}
+
     # -------------------------------------------------------------- runs
     def segmenter(self, seed: int) -> Path:
         run = f"segmenter_seed{seed}"
@@ -163,10 +171,7 @@ class Experiment:
         d = self._fresh(run)
         keys = {**self.common, "seed": seed, "ckpt_dir": str(d / "models"), "output_dir": str(d / "runs"),
                 "segmenter_checkpoint": str(ckpt)}
-        if self.size["segmenter_iterations"]:
-            its = self.size["segmenter_iterations"]
-            keys.update(segmenter_iterations=its, segmenter_val_interval=max(1, its // 3),
-                        segmenter_batch_size=self.size["segmenter_batch_size"], segmenter_num_val_slices=16)
+        keys.update(self._segmenter_keys())
         configs = ["train.json", "train_segmenter.json"]
         t0 = time.time()
         bundle_run("training", configs, **keys)
@@ -223,10 +228,7 @@ class Experiment:
                 "segmenter_validate#files": "$tools.abdomen.slices.select_slices(tools.data.datalist.load_datalist("
                                             "@datalist, 'test', required_keys=['image', 'label']), 0, "
                                             "mask_key=@slice_mask_key, body_threshold_hu=@body_threshold_hu)"}
-        if self.size["segmenter_iterations"]:
-            its = self.size["segmenter_iterations"]
-            keys.update(segmenter_iterations=its, segmenter_val_interval=max(1, its // 3),
-                        segmenter_batch_size=self.size["segmenter_batch_size"])
+        keys.update(self._segmenter_keys())
         configs = ["train.json", "train_segmenter.json", "augment.json"]
         t0 = time.time()
         bundle_run("training", configs, **keys)
