@@ -190,7 +190,7 @@ def test_segmenter_and_augmentation_report_dice_change(trained, tmp_path):
 # the blocks it shares with train.json are written twice; this keeps the two copies equal.
 SHARED_WITH_INFERENCE = (
     "bundle_root", "ckpt_dir", "dataset_dir", "phantom_cases", "phantom_size", "phantom_slices", "datalist", "overwrite",
-    "seed", "device", "amp", "image_size", "a_min", "a_max", "num_classes", "conditioning", "num_train_timesteps",
+    "seed", "device", "amp", "image_size", "a_min", "a_max", "num_classes", "conditioning", "mask_encoding", "num_train_timesteps",
     "beta_start", "beta_end", "sampler", "num_inference_steps", "channels", "guide_channels", "attention_levels",
     "num_res_blocks", "norm_num_groups", "num_head_channels", "network_def", "network", "scheduler", "sampler_def",
 )

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tools.abdomen.network import MaskGuidedUNet, build_semantic_unet, semantic_edge_map
+from monai.networks.nets import SPADEDiffusionModelUNet
+
+from tools.abdomen.network import (
+    MaskGuidedUNet,
+    SPADEDiffusionUNetAdapter,
+    build_semantic_unet,
+    label_index_channel,
+    semantic_edge_map,
+)
 
 K = 17  # background, 15 AMOS organs, body
 KW = dict(channels=(16, 32), attention_levels=(False, True), num_res_blocks=1, norm_num_groups=8, num_head_channels=16)
@@ -32,7 +40,7 @@ def _labels(seed: int) -> torch.Tensor:
     return lab
 
 
-@pytest.mark.parametrize("conditioning", ["concat", "mask_guided", "edge_guided"])
+@pytest.mark.parametrize("conditioning", ["concat", "mask_guided", "edge_guided", "sdm"])
 def test_each_conditioning_builds_and_runs(conditioning):
     net = build_semantic_unet(conditioning, image_channels=1, num_classes=K, **KW)
     _randomise(net)
@@ -129,4 +137,39 @@ def test_bad_input_channels_raise():
     with pytest.raises(ValueError, match="label channels"):
         net(torch.randn(1, 5, 32, 32), torch.tensor([1]))
     with pytest.raises(ValueError, match="conditioning"):
-        build_semantic_unet("spade", **KW)
+        build_semantic_unet("oasis", **KW)
+
+
+def test_label_index_channel_is_the_class_id_scaled_to_unit_range():
+    lab = torch.tensor([[[0, 8], [16, 4]]])
+    expected = torch.tensor([[[[-1.0, 0.0], [1.0, -0.5]]]])  # 2 k / 16 - 1
+    assert torch.allclose(label_index_channel(_onehot(lab)), expected)
+
+
+@pytest.mark.parametrize("mask_encoding, in_channels", [("index", 2), ("onehot", 1 + K)])
+def test_concat_reads_the_mask_in_one_channel_or_one_hot(mask_encoding, in_channels):
+    net = build_semantic_unet("concat", mask_encoding=mask_encoding, **KW)
+    assert net.conv_in.conv.in_channels == in_channels and net.guide_encoder is None
+
+
+def test_the_three_conditionings_share_one_main_unet():
+    """Equal depth and width: the same ResNet blocks per level with the same output widths; only the input
+    convolution and the channels added by the guide injections differ."""
+    nets = {c: build_semantic_unet(c, **KW) for c in ("concat", "mask_guided", "edge_guided")}
+
+    def layout(net):
+        return [[b.out_channels for b in level] for level in (*net.enc_blocks, *net.dec_blocks)]
+
+    assert layout(nets["concat"]) == layout(nets["mask_guided"]) == layout(nets["edge_guided"])
+    assert nets["mask_guided"].conv_in.conv.in_channels == 1  # x_t only; the mask goes to the guide encoder
+    assert nets["edge_guided"].conv_in.conv.in_channels == 2  # x_t + the mask channel
+
+
+def test_sdm_is_monai_spade_diffusion_unet_with_the_common_call():
+    net = build_semantic_unet("sdm", **KW)
+    assert isinstance(net, SPADEDiffusionUNetAdapter) and isinstance(net.unet, SPADEDiffusionModelUNet)
+    _randomise(net)
+    x_t = torch.randn(2, 1, 32, 32)
+    out = net(torch.cat([x_t, _onehot(_labels(0))], 1), torch.tensor([3, 500]))
+    assert out.shape == (2, 2, 32, 32)
+    assert not torch.allclose(out, net(torch.cat([x_t, _onehot(_labels(5))], 1), torch.tensor([3, 500])))

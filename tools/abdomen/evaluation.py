@@ -3,13 +3,16 @@
 For every checkpoint, synthetic slices are sampled for the evaluation label maps and compared with the
 real slices: PSNR and SSIM (MONAI ``PSNRMetric`` / ``SSIMMetric`` on [0, 1]), FID (MONAI ``FIDMetric`` on
 the features of a local ImageNet network, :mod:`tools.abdomen.fid_features`; skipped with a logged
-reason when its weights are absent) and the per-organ Dice of a downstream 2D segmenter (trained by the
+reason when its weights are absent), the weight-free Fréchet texture distance FTD (always;
+:mod:`tools.abdomen.texture_distance`) and the per-organ Dice of a downstream 2D segmenter (trained by the
 bundle's ``train_segmenter.json``) applied to the synthetic slices against the conditioning organ mask
 (skipped with a logged reason when the segmenter checkpoint is absent). The segmenter's Dice on the real
 slices is reported as the reference row ``real``.
 
 Outputs in ``output_dir``: ``metrics.csv`` and ``metrics.json`` (one row per checkpoint), ``metrics.png``
-(metrics against training iteration) and ``samples_<checkpoint>.png`` (mask | synthetic | real).
+(metrics against training iteration) and ``samples_<checkpoint>.png`` (mask | synthetic | real) with its arrays in
+``samples_<checkpoint>.npz``. Diffusion models and the GAN baselines go through the same class: only the sampler
+differs (``sampler(onehot, network) -> image``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from tools.abdomen.fid_features import load_fid_feature_network
 from tools.abdomen.figures import save_grid
 from tools.abdomen.labels import BODY_ID
 from tools.abdomen.segmenter_comparison import add_segmenter_dice, organ_dice
+from tools.abdomen.texture_distance import frechet_texture_distance, texture_features
 from tools.engines.checkpoint_io import load_checkpoint, load_network
 from tools.engines.output_guard import refuse_overwrite
 
@@ -169,6 +173,7 @@ class SynthesisCheckpointEvaluation:
         return {f"dice_{name.replace(' ', '_')}": v for name, v in organ_dice(metric).items()}
 
     # ------------------------------------------------------------------ main
+    @torch.no_grad()
     def run(self) -> list[dict]:
         files = drop_duplicate_weights(find_checkpoints(self.checkpoints))
         out_csv, out_json = self.output_dir / "metrics.csv", self.output_dir / "metrics.json"
@@ -194,6 +199,7 @@ class SynthesisCheckpointEvaluation:
             load_network(self.network, path, self.device)
             psnr, ssim = PSNRMetric(max_val=1.0), SSIMMetric(spatial_dims=2, data_range=1.0)
             feats_fake, feats_real = [], []
+            tex_fake, tex_real = [], []
             grid = None
             for batch in self.dataloader:
                 real = batch["image"].to(self.device).float()
@@ -201,6 +207,8 @@ class SynthesisCheckpointEvaluation:
                 fake = self.sampler(onehot, self.network).float()
                 psnr((fake.clamp(-1, 1) + 1) / 2, (real + 1) / 2)
                 ssim((fake.clamp(-1, 1) + 1) / 2, (real + 1) / 2)
+                tex_fake.append(texture_features(fake, onehot))
+                tex_real.append(texture_features(real, onehot))
                 if fid_net is not None:
                     feats_fake.append(fid_net(fake))
                     feats_real.append(fid_net(real))
@@ -214,6 +222,8 @@ class SynthesisCheckpointEvaluation:
                 "psnr": float(psnr.aggregate()),
                 "ssim": float(ssim.aggregate()),
                 "fid": float(FIDMetric()(torch.cat(feats_fake), torch.cat(feats_real))) if fid_net is not None else float("nan"),
+                "ftd": frechet_texture_distance(np.concatenate(tex_fake), np.concatenate(tex_real)),
+                "num_slices": int(sum(len(t) for t in tex_real)),
             }
             if seg is not None:
                 row.update(self._dice_values(dice))
@@ -228,6 +238,7 @@ class SynthesisCheckpointEvaluation:
 
     def _save_samples(self, grid, path: Path) -> None:
         labels, fake, real = grid
+        np.savez_compressed(path.with_suffix(".npz"), label=labels, synthetic=fake, real=real)
         n = min(self.num_grid_slices, labels.shape[0])
 
         def hu(x):
@@ -263,7 +274,7 @@ class SynthesisCheckpointEvaluation:
         import matplotlib.pyplot as plt
 
         ckpt_rows = [r for r in rows if r["checkpoint"] != "real"]
-        names = ["psnr", "ssim", "fid", "dice_mean"]
+        names = ["psnr", "ssim", "fid", "ftd", "dice_mean"]
         names = [n for n in names if any(np.isfinite(r.get(n, np.nan)) for r in ckpt_rows)]
         if not ckpt_rows or not names:
             return

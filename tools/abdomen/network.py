@@ -1,24 +1,28 @@
-"""Mask-to-CT diffusion U-Nets with the three conditionings of Zhuang et al. (semantic abdominal CT synthesis).
+"""Mask-to-CT diffusion U-Nets of Zhuang et al. (semantic abdominal CT synthesis) and the SDM baseline.
 
-All three networks share one calling convention so that the same trainer, inferer and sampler drive them:
+All networks share one calling convention so that the same trainer, inferer and sampler drive them:
 
     network(torch.cat([x_t, onehot], dim=1), timesteps) -> (N, 2C, H, W)   # eps and variance value v
 
 with ``x_t`` (N, C, H, W) the noisy image and ``onehot`` (N, K, H, W) the one-hot label map
 (K = 17: background, 15 AMOS organs, body). The conditioning decides how the label map enters:
 
-- ``concat`` ("conditional DDPM"): the one-hot mask is concatenated to x_t at the input of a stock MONAI
-  ``DiffusionModelUNet``.
+- ``concat`` ("conditional DDPM"): the label map is concatenated to x_t at the input, as ONE channel (the
+  class id scaled to [-1, 1], :func:`label_index_channel`; ``mask_encoding="onehot"``: the K one-hot channels).
 - ``mask_guided`` ("mask-guided DDPM"): x_t alone enters the main U-Net; a second, U-Net-like encoder
   (:class:`GuideEncoder`) reads the one-hot mask. Its conv feature maps before each downsampling are
   concatenated (SPADE-like injection by concatenation) to the main U-Net's **encoder** features at the
   start of each resolution level (:attr:`MaskGuidedUNet.enc_inject`) **and** to its **decoder** features at
   the matching resolution (:attr:`MaskGuidedUNet.dec_inject`).
-- ``edge_guided``: the one-hot mask is concatenated to x_t and the guide encoder reads the semantic edge
-  map of the label map (:func:`semantic_edge_map`, computed here from the one-hot channels so training and
-  inference need only the label map).
+- ``edge_guided``: the label map is concatenated to x_t (encoded as for ``concat``) and the guide encoder
+  reads the semantic edge map of the label map (:func:`semantic_edge_map`, computed here from the one-hot
+  channels so training and inference need only the label map).
+- ``sdm`` (baseline, Wang et al.'s semantic diffusion model): MONAI's ``SPADEDiffusionModelUNet``, the label
+  map enters every ResNet block through SPADE normalisation (:class:`SPADEDiffusionUNetAdapter`).
 
-The ResNet blocks, attention, down- and up-sampling and the timestep embedding are MONAI's own
+The three conditionings of the paper are one class (:class:`MaskGuidedUNet`) with the same main U-Net (same
+levels, widths and ResNet blocks); they differ only in what the input convolution reads and whether a guide
+encoder exists. The ResNet blocks, attention, down- and up-sampling and the timestep embedding are MONAI's own
 (``monai.networks.nets.diffusion_model_unet``); only the wiring that MONAI's U-Net cannot express (feature
 concatenation from a second encoder into encoder and decoder) is written here.
 """
@@ -32,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from monai.networks.blocks import Convolution, SpatialAttentionBlock
-from monai.networks.nets import DiffusionModelUNet
+from monai.networks.nets import SPADEDiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import (
     DiffusionUnetDownsample,
     DiffusionUNetResnetBlock,
@@ -42,9 +46,20 @@ from monai.networks.nets.diffusion_model_unet import (
 )
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["CONDITIONINGS", "semantic_edge_map", "GuideConcat", "GuideEncoder", "MaskGuidedUNet", "build_semantic_unet"]
+__all__ = [
+    "CONDITIONINGS",
+    "MASK_ENCODINGS",
+    "semantic_edge_map",
+    "label_index_channel",
+    "GuideConcat",
+    "GuideEncoder",
+    "MaskGuidedUNet",
+    "SPADEDiffusionUNetAdapter",
+    "build_semantic_unet",
+]
 
-CONDITIONINGS = ("concat", "mask_guided", "edge_guided")
+CONDITIONINGS = ("concat", "mask_guided", "edge_guided", "sdm")
+MASK_ENCODINGS = ("index", "onehot")
 
 
 def semantic_edge_map(onehot: torch.Tensor) -> torch.Tensor:
@@ -62,6 +77,18 @@ def semantic_edge_map(onehot: torch.Tensor) -> torch.Tensor:
     for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
         edge |= padded[..., dy : dy + h, dx : dx + w] != labels
     return edge.to(onehot.dtype)
+
+
+def label_index_channel(onehot: torch.Tensor) -> torch.Tensor:
+    """The label map as one channel: class id ``k`` of K classes -> ``2 k / (K - 1) - 1`` in [-1, 1].
+
+    Args:
+        onehot: (N, K, H, W) one-hot label map.
+    Returns:
+        (N, 1, H, W) float.
+    """
+    k = onehot.shape[1]
+    return onehot.argmax(dim=1, keepdim=True).to(onehot.dtype) * (2.0 / max(k - 1, 1)) - 1.0
 
 
 class GuideConcat(nn.Module):
@@ -125,8 +152,11 @@ class MaskGuidedUNet(nn.Module):
         spatial_dims: 2 (axial slices).
         image_channels: C, channels of x_t and of the eps / variance outputs (output has 2C channels).
         num_classes: K, channels of the one-hot label map appended to x_t in the input.
-        guide: "mask" (guide encoder reads the one-hot mask; the main U-Net reads x_t only) or
-            "edge" (main U-Net reads x_t and the mask; the guide encoder reads the semantic edge map).
+        guide: "mask" (guide encoder reads the one-hot mask; the main U-Net reads x_t only),
+            "edge" (main U-Net reads x_t and the mask; the guide encoder reads the semantic edge map) or
+            "none" (no guide encoder; main U-Net reads x_t and the mask: the ``concat`` conditioning).
+        mask_encoding: how the mask enters the main U-Net's input with ``guide`` "edge" / "none": "index"
+            (one channel, :func:`label_index_channel`) or "onehot" (K channels).
         channels: main U-Net channels per level (multiples of ``norm_num_groups``).
         guide_channels: guide encoder channels per level (default: ``channels``).
         attention_levels: self-attention after the ResNet blocks of these levels.
@@ -142,6 +172,7 @@ class MaskGuidedUNet(nn.Module):
         image_channels: int = 1,
         num_classes: int = 17,
         guide: str = "mask",
+        mask_encoding: str = "index",
         channels: Sequence[int] = (64, 128, 256, 256),
         guide_channels: Sequence[int] | None = None,
         attention_levels: Sequence[bool] = (False, False, True, True),
@@ -151,8 +182,10 @@ class MaskGuidedUNet(nn.Module):
         use_flash_attention: bool = False,
     ) -> None:
         super().__init__()
-        if guide not in ("mask", "edge"):
-            raise ValueError(f"guide must be 'mask' or 'edge', got {guide!r}.")
+        if guide not in ("mask", "edge", "none"):
+            raise ValueError(f"guide must be 'mask', 'edge' or 'none', got {guide!r}.")
+        if mask_encoding not in MASK_ENCODINGS:
+            raise ValueError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {mask_encoding!r}.")
         if len(attention_levels) != len(channels):
             raise ValueError("attention_levels must have one entry per level of channels.")
         guide_channels = tuple(guide_channels) if guide_channels is not None else tuple(channels)
@@ -163,11 +196,15 @@ class MaskGuidedUNet(nn.Module):
         self.image_channels = image_channels
         self.num_classes = num_classes
         self.guide = guide
+        self.mask_encoding = mask_encoding
         self.channels = tuple(channels)
         n_levels = len(channels)
         nrb = ensure_tuple_rep(num_res_blocks, n_levels)
-        main_in = image_channels if guide == "mask" else image_channels + num_classes
+        mask_in = 0 if guide == "mask" else (1 if mask_encoding == "index" else num_classes)
+        main_in = image_channels + mask_in
         guide_in = num_classes if guide == "mask" else 1
+        if guide == "none":  # no injected features anywhere
+            guide_channels = (0,) * n_levels
 
         def resblock(cin: int, cout: int) -> DiffusionUNetResnetBlock:
             return DiffusionUNetResnetBlock(spatial_dims, cin, temb_dim, cout, norm_num_groups=norm_num_groups)
@@ -183,7 +220,9 @@ class MaskGuidedUNet(nn.Module):
 
         temb_dim = channels[0] * 4
         self.time_embed = nn.Sequential(nn.Linear(channels[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        self.guide_encoder = GuideEncoder(spatial_dims, guide_in, guide_channels, norm_num_groups)
+        self.guide_encoder = (
+            GuideEncoder(spatial_dims, guide_in, guide_channels, norm_num_groups) if guide != "none" else None
+        )
         self.conv_in = Convolution(spatial_dims, main_in, channels[0], kernel_size=3, conv_only=True)
 
         # encoder: inject guide features, ResNet blocks (+ attention), downsample
@@ -263,17 +302,19 @@ class MaskGuidedUNet(nn.Module):
                 f"MaskGuidedUNet expects {c} image + {self.num_classes} label channels, got input of shape {tuple(x.shape)}."
             )
         x_t, onehot = x[:, :c], x[:, c:]
+        mask = label_index_channel(onehot) if self.mask_encoding == "index" else onehot
         if self.guide == "mask":
-            main_in, guide_in = x_t, onehot
+            main_in, guides = x_t, self.guide_encoder(onehot)
         else:
-            main_in, guide_in = x, semantic_edge_map(onehot)
-        guides = self.guide_encoder(guide_in)
+            main_in = torch.cat([x_t, mask], dim=1)
+            guides = self.guide_encoder(semantic_edge_map(onehot)) if self.guide_encoder is not None else None
         emb = self.time_embed(get_timestep_embedding(timesteps, self.channels[0]).to(x.dtype))
 
         h = self.conv_in(main_in)
         skips = []
         for i in range(len(self.channels)):
-            h = self.enc_inject[i](h, guides[i])
+            if guides is not None:
+                h = self.enc_inject[i](h, guides[i])
             for block, attn in zip(self.enc_blocks[i], self.enc_attn[i]):
                 h = attn(block(h, emb)).contiguous()
                 skips.append(h)
@@ -284,11 +325,33 @@ class MaskGuidedUNet(nn.Module):
         for k, i in enumerate(reversed(range(len(self.channels)))):
             for j, (block, attn) in enumerate(zip(self.dec_blocks[k], self.dec_attn[k])):
                 h = torch.cat([h, skips.pop()], dim=1)
-                if j == 0:
+                if j == 0 and guides is not None:
                     h = self.dec_inject[i](h, guides[i])
                 h = attn(block(h, emb)).contiguous()
             h = self.upsamplers[k](h)
         return self.out(h)
+
+
+class SPADEDiffusionUNetAdapter(nn.Module):
+    """MONAI's ``SPADEDiffusionModelUNet`` (SDM) behind this module's calling convention.
+
+    ``forward(cat([x_t, onehot], 1), t)`` calls ``unet(x_t, t, seg=onehot)``: the one-hot map conditions every
+    ResNet block through SPADE normalisation. Output (N, 2C, H, W) as for the other networks.
+    """
+
+    def __init__(self, unet: SPADEDiffusionModelUNet, image_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.unet = unet
+        self.image_channels = image_channels
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.image_channels
+        if x.shape[1] != c + self.num_classes:
+            raise ValueError(
+                f"SDM expects {c} image + {self.num_classes} label channels, got input of shape {tuple(x.shape)}."
+            )
+        return self.unet(x[:, :c], timesteps, seg=x[:, c:], context=context)
 
 
 def build_semantic_unet(
@@ -302,31 +365,37 @@ def build_semantic_unet(
     norm_num_groups: int = 32,
     num_head_channels: int = 32,
     use_flash_attention: bool = False,
+    mask_encoding: str = "index",
 ) -> nn.Module:
-    """Build the network for one conditioning (``"concat"``, ``"mask_guided"`` or ``"edge_guided"``).
+    """Build the network for one conditioning (``"concat"``, ``"mask_guided"``, ``"edge_guided"`` or ``"sdm"``).
 
-    ``concat`` is a stock MONAI ``DiffusionModelUNet`` with C + K input channels; the other two are
-    :class:`MaskGuidedUNet`. All output 2C channels (eps and learned-range variance value).
+    The paper's three are :class:`MaskGuidedUNet` with one main U-Net (equal depth and width); ``sdm`` is MONAI's
+    ``SPADEDiffusionModelUNet`` with the same levels, widths and ResNet blocks per level (its decoder, as MONAI's
+    U-Net, has one block more per level). All output 2C channels (eps and learned-range variance value).
     """
     if conditioning not in CONDITIONINGS:
         raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}.")
-    if conditioning == "concat":
-        return DiffusionModelUNet(
+    if conditioning == "sdm":
+        unet = SPADEDiffusionModelUNet(
             spatial_dims=2,
-            in_channels=image_channels + num_classes,
+            in_channels=image_channels,
             out_channels=2 * image_channels,
+            label_nc=num_classes,
             num_res_blocks=num_res_blocks,
             channels=tuple(channels),
             attention_levels=tuple(attention_levels),
             norm_num_groups=norm_num_groups,
             num_head_channels=num_head_channels,
+            spade_intermediate_channels=channels[0],
             use_flash_attention=use_flash_attention,
         )
+        return SPADEDiffusionUNetAdapter(unet, image_channels, num_classes)
     return MaskGuidedUNet(
         spatial_dims=2,
         image_channels=image_channels,
         num_classes=num_classes,
-        guide="mask" if conditioning == "mask_guided" else "edge",
+        guide={"concat": "none", "mask_guided": "mask", "edge_guided": "edge"}[conditioning],
+        mask_encoding=mask_encoding,
         channels=channels,
         guide_channels=guide_channels,
         attention_levels=attention_levels,
