@@ -41,14 +41,15 @@ def test_baseline_trains_evaluates_and_infers(method, data, tmp_path):
     models = tmp_path / "models"
     assert {"checkpoint_iteration=0.pt", "checkpoint_iteration=1.pt", "model.pt"} <= {p.name for p in models.glob("*.pt")}
     first = torch.load(models / "checkpoint_iteration=0.pt", weights_only=True)["model"]
-    last = torch.load(models / "model.pt", weights_only=True)["model"]
+    last = torch.load(models / "model.pt", weights_only=True)  # the generator's plain state dict
     assert first.keys() == last.keys()
     assert any(not torch.equal(first[k], last[k]) for k in first if first[k].is_floating_point())  # it trained
     if method == "sdm":
         assert any("mlp_gamma" in k for k in last)  # SPADE normalisation in the diffusion U-Net (decoder, as SDM)
     else:
-        state = torch.load(models / "model.pt", weights_only=True)
+        state = torch.load(models / "checkpoint_iteration=1.pt", weights_only=True)  # training checkpoints: all of it
         assert {"model", "discriminator", "g_optimizer", "d_optimizer"} <= set(state)
+        assert list(models.glob("training_state_checkpoint_*.pt"))  # resumable
 
     run("evaluate", config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json"), *deltas], logging_file=LOG,
         eval_dir=str(tmp_path / "eval"), checkpoints=[str(models / "model.pt")], eval_sampler="ddim",
