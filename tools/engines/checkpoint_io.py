@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["check_state_dict", "load_checkpoint", "load_network", "save_initial_checkpoint"]
+from tools.engines.errors import InputFileError, InputValueError
+
+__all__ = ["check_checkpoint_fits", "check_state_dict", "load_checkpoint", "load_network", "save_initial_checkpoint"]
 
 
 def _is_state_dict(content: Any) -> bool:
@@ -90,6 +92,34 @@ def check_state_dict(network: nn.Module, state: Mapping[str, Any], path: str | P
             f"checkpoint '{path}' matches {len(matched)} of {len(own)} variables of {type(network).__name__}: "
             + "; ".join(parts)
         )
+
+
+def check_checkpoint_fits(path: str | Path, network: nn.Module, key: str = "model",
+                          config_key: str = "checkpoint") -> None:
+    """Before any work: ``path`` (config key ``config_key``) holds, under ``key`` or as a plain state dict,
+    weights that fit ``network`` exactly (:func:`check_state_dict`); a checkpoint of another bundle or stage
+    fails here with one line naming the file and the key, not deep inside ``load_state_dict``.
+
+    Raises:
+        InputFileError: ``path`` does not exist or is not a ``torch.save`` file.
+        InputValueError: it has no ``key`` weights, or they do not fit ``network``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"checkpoint '{path}' (key '{config_key}') does not exist; train the model first or "
+                             "download it (tools/download_weights.py)")
+    try:
+        state = load_checkpoint(path, key, accept_state_dict=True)
+    except ValueError as e:
+        raise InputValueError(f"{e} (config key '{config_key}')") from e
+    except Exception as e:  # not a torch.save file, or truncated
+        raise InputFileError(f"checkpoint '{path}' (key '{config_key}') cannot be read: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    try:
+        check_state_dict(network, state, path)
+    except ValueError as e:
+        raise InputValueError(f"{e}; it does not fit this bundle's network (config key '{config_key}'): is it "
+                              "another bundle's or stage's model, or were the network sizes changed?") from e
 
 
 def load_network(
