@@ -34,6 +34,7 @@ from monai.data import list_data_collate
 
 from tools.bench.calls import bundle_parser
 from tools.bench.counting import CallCounter
+from tools.engines import checkpoint_io
 from tools.metrics.overlap import mask_dice
 from tools.metrics.roi_image_quality import roi_psnr, roi_ssim
 
@@ -74,8 +75,7 @@ def load_network(parser: Any, checkpoint: str | None) -> torch.nn.Module:
     """The config's ``network`` with the EMA weights (``model``) of ``checkpoint`` (a plain state dict also works)."""
     net = parser.get_parsed_content("network")
     if checkpoint:
-        state = torch.load(checkpoint, map_location=parser.get_parsed_content("device"), weights_only=True)
-        net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        return checkpoint_io.load_network(net, checkpoint, parser.get_parsed_content("device"))
     return net.eval()
 
 

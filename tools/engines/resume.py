@@ -39,6 +39,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
+from tools.engines.checkpoint_io import load_checkpoint
 from tools.engines.errors import InputFileError, InputValueError, OutputExistsError
 from tools.engines.output_guard import refuse_overwrite
 
@@ -194,7 +195,7 @@ class TrainingState:
         engine.add_event_handler(Events.COMPLETED, self._save)
 
     def _load(self, engine: Engine, to_save: dict[str, Any], path: Path) -> None:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(path)
         missing = sorted(set(to_save) - set(checkpoint))
         if missing:
             raise InputValueError(f"training state '{path}' lacks {missing} (found {sorted(checkpoint)}): it was "
@@ -227,8 +228,7 @@ class TrainingState:
         files = state_files(self.save_dir, self.prefix)
         if files:
             objects = {k: v for k, v in self._to_save(engine).items() if k != "trainer"}
-            Checkpoint.load_objects(to_load=objects, checkpoint=torch.load(files[-1], map_location="cpu",
-                                                                           weights_only=True))
+            Checkpoint.load_objects(to_load=objects, checkpoint=load_checkpoint(files[-1]))
             kept = f"restored the last good state '{files[-1]}'"
         else:
             kept = "no state file had been written yet"
