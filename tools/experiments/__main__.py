@@ -12,7 +12,14 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in PAPERS:
         print(f"usage: python -m tools.experiments {{{','.join(PAPERS)}}} [--help | options]", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"tools.{argv[0]}.experiment")
+    name = f"tools.{argv[0]}.experiment"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        print(f"error: no experiment for '{argv[0]}' yet ({name.replace('.', '/')}.py does not exist)", file=sys.stderr)
+        return 2
     return module.main(argv[1:]) or 0
 
 
