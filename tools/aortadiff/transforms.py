@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from tools.data.transforms import like
 
-__all__ = ["sdf_encode", "binary_encode", "sdf_decode", "SignedDistanced", "AortaROId", "MASK_ENCODINGS"]
+__all__ = ["sdf_encode", "binary_encode", "sdf_decode", "SignedDistanced", "AortaMaskd", "AortaROId", "MASK_ENCODINGS"]
 
 
 # --------------------------------------------------------------------------- signed distance field
@@ -95,7 +95,27 @@ class SignedDistanced(MapTransform):
         return d
 
 
-# --------------------------------------------------------------------------- aorta ROI
+# --------------------------------------------------------------------------- aorta mask and ROI
+class AortaMaskd(MapTransform):
+    """Binary aorta mask (uint8, 1 = aorta) from a mask or a multi-label map.
+
+    ``label=0``: every voxel > 0 is aorta (a binary mask as given); ``label=N``: the voxels of class N of a
+    label map (TotalSegmentator's ``total`` task: 52). Geometry and metadata are kept.
+    """
+
+    def __init__(self, keys: KeysCollection, label: int = 0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label = int(label)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key])
+            m = (x.round() == self.label) if self.label else (x > 0)
+            d[key] = like(d[key], m.to(torch.uint8))
+        return d
+
+
 class AortaROId(MapTransform):
     """Add ``output_key``: the aorta-centred region of interest, the aorta mask dilated by ``margin`` pixels.
 
