@@ -131,3 +131,81 @@ def test_totalsegmentator_label_map_on_real_ncct(models, tmp_path):
     roi = roi > 0
     np.testing.assert_array_equal(syn[~roi], ncct[~roi])
     assert roi.mean() < 0.05 and not np.array_equal(syn[roi], ncct[roi])  # the small aorta ROI was generated
+
+
+# ----------------------------------------------------------------------------- bad input: one line, nothing written
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _expect_error(tmp: Path, must_name: list[str], **over) -> str:
+    """The inference checks stop with a one-line bundle input error naming ``must_name``; no file changes."""
+    from monai.bundle import ConfigWorkflow
+
+    from tools.engines.errors import find_input_error
+
+    before = _tree(tmp)
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="inference",
+                        **{**CPU, **PHANTOMS, **DIFF_TINY, **SEG_TINY, "sampler": "ddim", "num_inference_steps": 1,
+                           "progress": False, **over})
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+        wf.run()
+    err = find_input_error(info.value)
+    assert err is not None, f"not a bundle input error: {info.value!r}"
+    msg = str(err)
+    assert "\n" not in msg, msg
+    for part in must_name:
+        assert part in msg, f"{part!r} not in {msg!r}"
+    assert _tree(tmp) == before, "files were written or changed"
+    print(f"message: {msg}")
+    return msg
+
+
+@pytest.fixture
+def work(models, tmp_path):
+    """A work folder: the tiny AortaDiff weights, an output folder with an earlier result, a test NCCT + aorta."""
+    root, paths = models
+    datalist = json.loads((Path(paths["dataset_dir"]) / "datalist.json").read_text())
+    case = datalist["test"][0]
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes((Path(paths["ckpt_dir"]) / "model.pt").read_bytes())
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "earlier_run_notes.txt").write_text("results of an earlier run\n")
+    ncct = Path(paths["dataset_dir"]) / case["ncct"]
+    aorta = Path(paths["dataset_dir"]) / case["aorta"]
+    return tmp_path, {"ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "runs"),
+                      "input_ncct": str(ncct), "dataset_dir": paths["dataset_dir"]}, aorta
+
+
+def test_label_map_without_the_requested_label(work):
+    tmp, over, aorta = work
+    _expect_error(tmp, [str(aorta), "--aorta_label 52", "ids present: [1]"], **over, input_aorta=str(aorta), aorta_label=52)
+
+
+def test_multi_label_map_given_as_a_mask(work):
+    tmp, over, aorta = work
+    img = nib.load(str(aorta))
+    labels = np.asarray(img.dataobj).astype(np.uint8)
+    labels[0, 0, :] = 5  # another organ's id beside the aorta's 1
+    path = tmp / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(labels, img.affine), str(path))
+    _expect_error(tmp, [str(path), "2 different labels [1, 5]", "--aorta_label ID"], **over, input_aorta=str(path))
+
+
+def test_segmenter_that_finds_no_aorta(work):
+    """Weights that predict background everywhere (all zero): the NCCT-only run stops before writing anything."""
+    tmp, over, _ = work
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({**SEG_TINY, **CPU})
+    net = parser.get_parsed_content("aorta_seg_def")
+    torch.save({k: torch.zeros_like(v) for k, v in net.state_dict().items()}, tmp / "models" / "aorta_seg.pt")
+    _expect_error(tmp, ["aorta segmenter", str(tmp / "models" / "aorta_seg.pt"), "found no aorta", over["input_ncct"],
+                        "--input_aorta"], **over)
+
+
+def test_ncct_only_without_segmenter_weights(work):
+    tmp, over, _ = work
+    _expect_error(tmp, [str(tmp / "models" / "aorta_seg.pt"), "do not exist", "--input_aorta", "train_aorta_seg.json"],
+                  **over)
