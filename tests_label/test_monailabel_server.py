@@ -8,8 +8,9 @@ Each test makes an app folder with ``tools.monailabel_app.make_app.make`` (MONAI
 ``monailabel start_server``, waits for ``/info`` to list the models, POSTs
 ``/infer/<model>?image=<study>`` and checks the returned label map (shape = the study's shape, values
 among the label ids of the bundle's ``channel_def``) or synthetic CT (abdomen; AortaDiff's synthetic CECT,
-named in the result JSON), then stops the server. One test POSTs ``/train/<model>`` and checks that the
-model file changes.
+named in the result JSON), then stops the server. Two tests POST ``/train/<model>`` (cardiac segmentation, AortaDiff's
+aorta segmenter) and check that the model file changes; the second then runs AortaDiff on an NCCT without any
+aorta mask (the trained segmenter finds it).
 """
 
 from __future__ import annotations
@@ -243,3 +244,55 @@ def test_train_from_monailabel_updates_the_model(tmp_path):
     assert after.keys() == before.keys() and all(torch.is_tensor(v) for v in after.values())
     assert any(not torch.equal(after[k], before[k]) for k in before), f"model.pt unchanged:\n{server.tail()}"
 
+
+
+def test_aorta_segmenter_trains_then_aortadiff_runs_ncct_only(tmp_path):
+    """AortaDiff from an NCCT alone in MONAI Label: POST /train/aortadiff_aorta_seg (the bundle's
+    train_aorta_seg.json on 3 labelled phantom NCCTs, 5 epochs of 30 iterations at 32 px) changes its
+    models/model.pt, which aortadiff_cect reads as its aorta segmenter (models/aorta_seg.pt links to it); then
+    /infer/aortadiff_cect on a study without any aorta mask returns a label map whose aorta is the one the
+    segmenter found (Dice against the phantom's aorta printed), and the synthetic CECT."""
+    import torch
+
+    from tools.metrics.overlap import mask_dice
+
+    info = ma.make(app=str(tmp_path / "app"), studies=str(tmp_path / "studies"),
+                   models="aortadiff_aorta_seg,aortadiff_cect", weights="tiny", size=32, slices=16)
+    app, studies = Path(info["app"]), Path(info["studies"])
+    seg_pt = app / "model" / "aortadiff_aorta_seg" / "models" / "model.pt"
+    assert (app / "model" / "aortadiff_cect" / "models" / "aorta_seg.pt").resolve() == seg_pt.resolve()
+    before = torch.load(seg_pt, weights_only=True)
+    finals = sorted(p.name for p in (studies / "labels" / "final").glob("aaa_*_ncct.nii.gz"))
+    with_mask = {p.name for p in (studies / "labels" / "aorta").glob("*.nii.gz")}
+    ncct_only = [n for n in finals if n not in with_mask][-1].replace(".nii.gz", "")
+    assert len(finals) == 4 and not (studies / "labels" / "aorta" / f"{ncct_only}.nii.gz").exists()
+    server = Server(info["app"], info["studies"], info["models"], tmp_path / "monailabel.log")
+    try:
+        listing = server.wait_models(info["models"])
+        assert "aortadiff_aorta_seg" in listing.get("trainers", {}), f"no trainer listed: {listing.get('trainers')}"
+        assert listing["models"]["aortadiff_aorta_seg"]["labels"] == {"aorta": 1}, listing["models"]["aortadiff_aorta_seg"]
+        body = json.dumps({"max_epochs": 5, "val_split": 0.25, "device": "cpu", "multi_gpu": False}).encode()
+        req = urllib.request.Request(f"{server.base}/train/aortadiff_aorta_seg?run_sync=true", data=body,
+                                     method="POST", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=INFER_TIMEOUT_S) as r:
+                r.read()
+        except urllib.error.HTTPError as e:
+            pytest.fail(f"/train failed: HTTP {e.code} {e.read()[:2000]!r}\n{server.tail()}")
+        after = torch.load(seg_pt, weights_only=True)
+        assert after.keys() == before.keys() and all(torch.is_tensor(v) for v in after.values())
+        assert any(not torch.equal(after[k], before[k]) for k in before), f"model.pt unchanged:\n{server.tail()}"
+
+        study = studies / f"{ncct_only}.nii.gz"
+        seg = _check_label_map(server.infer("aortadiff_aorta_seg", ncct_only), tmp_path, study, {"aorta": 1})
+        label = _check_label_map(server.infer("aortadiff_cect", ncct_only), tmp_path, study,
+                                 {"lumen": 1, "thrombus": 2})
+        params = json.loads(server.infer("aortadiff_cect", ncct_only, output="json"))
+        _check_ct(Path(params["synthetic_cect"]), study)
+    finally:
+        server.stop()
+    truth = np.asarray(nib.load(str(studies / "labels" / "final" / f"{ncct_only}.nii.gz")).dataobj) > 0
+    assert np.array_equal(label > 0, seg > 0)  # AortaDiff's aorta is the segmenter's
+    dice = mask_dice(label > 0, truth)
+    print(f"NCCT-only in MONAI Label: found aorta vs phantom aorta of {ncct_only} (a training study): Dice {dice:.3f}")
+    assert label.any() and dice > 0.1, dice

@@ -16,7 +16,7 @@ from tools.data.datalist import load_datalist
 from tools.engines.errors import InputValueError
 from tools.engines.output_guard import check_writable, refuse_overwrite
 
-__all__ = ["check_aorta_seg_training", "check_inference_inputs", "check_training_inputs"]
+__all__ = ["check_aorta_seg_outputs", "check_aorta_seg_training", "check_inference_inputs", "check_training_inputs"]
 
 REQUIRED = ("ncct", "cect", "aorta")
 
@@ -74,3 +74,19 @@ def check_aorta_seg_training(train_entries: Sequence[dict], val_entries: Sequenc
     check_writable(ckpt_dir, "ckpt_dir")
     stem = Path(model_filename).stem
     refuse_overwrite([Path(ckpt_dir) / model_filename, Path(ckpt_dir) / f"{stem}_best.pt"], overwrite)
+
+
+def check_aorta_seg_outputs(entries: Sequence[dict], output_dir: str | Path, overwrite: bool) -> None:
+    """``configs/inference_aorta_seg.json``: the output folder writable, one output name per input (MONAI's
+    ``SaveImaged``: ``<output_dir>/<name>/<name>_aorta.nii.gz``) and none of them existing (or ``overwrite``)."""
+    check_writable(output_dir, "output_dir")
+    names: dict[str, str] = {}
+    for e in entries:
+        name = Path(str(e["image"])).name.split(".")[0]
+        if name in names:
+            raise InputValueError(f"NCCT files '{names[name]}' and '{e['image']}' have the same name '{name}': their "
+                                  f"aorta masks would overwrite each other in {output_dir}; run them one by one "
+                                  "(--input_ncct FILE --output_dir DIR)")
+        names[name] = str(e["image"])
+    refuse_overwrite([Path(output_dir) / n / f"{n}_aorta.nii.gz" for n in names], overwrite,
+                     inputs=list(names.values()))

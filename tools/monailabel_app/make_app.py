@@ -23,6 +23,8 @@ CLI (fire; run it with the MONAI Label environment ``.venv-label/bin/python``)::
 
 MONAI Label is started fully offline: ``--conf zoo_source github`` (local bundle folders are used as
 they are, the model-zoo catalogue is never queried), ``--conf sam2 false`` (no SAM2 weight download).
+A model's ``extra_weights`` (AortaDiff: ``models/aorta_seg.pt``, its aorta segmenter for NCCT-only studies) link
+to the ``models/model.pt`` of the model that trains them (``aortadiff_aorta_seg``) when it is served as well.
 A model whose ``models.yml`` entry has ``train:`` gets ``configs/train.json`` (its bundle training configs
 merged, with the entry's overrides), which MONAI Label's ``BundleTrainTask`` runs on ``POST /train/<model>``
 with the datastore's image/label pairs (``labels/final``); the others serve inference only.
@@ -236,6 +238,40 @@ def link_bundle_weights(model_folder: Path, spec: dict, bundles_dir: str | os.Pa
     return dst
 
 
+def add_extra_weights(model_folder: Path, spec: dict, served: list[str], weights: str,
+                      bundles_dir: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
+    """``models/<file>`` for every ``extra_weights`` entry of ``spec`` (see models.yml): a link to
+    ``../../<from_model>/models/model.pt`` when ``from_model`` is in ``served``, else tiny random weights of the
+    inference config's ``network`` key (``weights == "tiny"``) or a link to the bundle's ``weights`` file."""
+    made = {}
+    for file, extra in (spec.get("extra_weights") or {}).items():
+        dst = model_folder / "models" / file
+        source = extra.get("from_model")
+        if source in served:
+            _link(Path("..") / ".." / source / "models" / "model.pt", dst)
+        elif weights == "tiny":
+            import torch
+            from monai.bundle import ConfigParser
+            from monai.utils import set_determinism
+
+            parser = ConfigParser()
+            parser.read_config(str(model_folder / "configs" / "inference.json"))
+            parser["bundle_root"] = str(model_folder)
+            set_determinism(seed)
+            net = parser.get_parsed_content(extra["network"], instantiate=True)
+            set_determinism(None)
+            dst.unlink(missing_ok=True)
+            torch.save(net.state_dict(), dst)
+        else:
+            src = _bundle_path(spec["bundle"], bundles_dir) / extra["weights"]
+            if not src.is_file():
+                raise FileNotFoundError(f"{src} does not exist (extra weights {file!r} of model with bundle "
+                                        f"{spec['bundle']!r}): train it, or use --weights tiny")
+            _link(src, dst)
+        made[file] = dst
+    return made
+
+
 def make_studies(
     studies: str | os.PathLike, specs: dict[str, dict], size: int = 64, slices: int = 16, seed: int = 0
 ) -> dict[str, str]:
@@ -342,6 +378,8 @@ def make(
         else:
             link_bundle_weights(folder, spec, bundles_dir)
         chosen[name] = spec
+    for name in names:  # after every model folder exists: extra weights may link to another model's model.pt
+        add_extra_weights(app_dir / "model" / name, chosen[name], names, weights, bundles_dir, seed)
     images = make_studies(studies, chosen, size, slices, seed) if studies else {}
     return {"app": str(app_dir), "studies": str(Path(studies).resolve()) if studies else None,
             "models": names, "images": images}

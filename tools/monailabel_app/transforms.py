@@ -7,7 +7,9 @@ AortaDiff also needs the study's aorta mask. `StudyMaskd` puts that mask's path 
 
 1. a label file uploaded with the request (``/infer`` form field ``label`` -> ``data["label"]``), else
 2. the datastore's label of that study with tag ``tag``: ``<studies>/labels/<tag>/<image file name>``
-   (MONAI Label's local datastore layout for tagged labels).
+   (MONAI Label's local datastore layout for tagged labels), else
+3. with ``required=False`` nothing: the bundle finds the mask itself (AortaDiff: its aorta segmenter runs on
+   the NCCT, so the user needs no label at all).
 """
 
 from __future__ import annotations
@@ -27,34 +29,48 @@ class StudyMaskd(Transform):
         image_key: key holding the study path (MONAI Label: ``"image"``; ``"image_path"`` is also read).
         tag: datastore label tag folder under ``<studies>/labels/``.
         request_key: key of an uploaded label file in the request.
+        required: without a mask, raise (True) or leave ``key`` unset (False).
+        load: put the loaded mask (MONAI's ``LoadImage``) under ``key`` instead of its path. MONAI Label replaces
+            a bundle's ``LoadImaged`` by its own loader, which needs every key present; with ``load`` the bundle's
+            ``LoadImaged`` reads the image only (see models.yml), and a missing optional mask stays missing.
 
     Raises:
-        FileNotFoundError: no uploaded label and no ``labels/<tag>/<image name>`` next to the study.
+        FileNotFoundError: ``required`` and no uploaded label and no ``labels/<tag>/<image name>`` next to the study.
     """
 
     def __init__(self, key: str = "aorta", image_key: str = "image", tag: str = "aorta",
-                 request_key: str = "label") -> None:
+                 request_key: str = "label", required: bool = True, load: bool = False) -> None:
         self.key, self.image_key, self.tag, self.request_key = key, image_key, tag, request_key
+        self.required, self.load = bool(required), bool(load)
+
+    def _set(self, d: dict, path: str) -> dict:
+        if self.load:
+            from monai.transforms import LoadImage
+
+            d[self.key] = LoadImage(image_only=True)(path)
+        else:
+            d[self.key] = path
+        return d
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         if isinstance(d.get(self.key), str) and d[self.key]:
-            return d
+            return self._set(d, d[self.key])
         uploaded = d.get(self.request_key)
         if isinstance(uploaded, str) and uploaded and Path(uploaded).is_file():
-            d[self.key] = uploaded
-            return d
+            return self._set(d, uploaded)
         image = d.get("image_path") if isinstance(d.get("image_path"), str) else d.get(self.image_key)
         if not isinstance(image, str):
             raise ValueError(f"StudyMaskd: data[{self.image_key!r}] must be the study's file path, got {type(image)}")
         candidate = Path(image).parent / "labels" / self.tag / Path(image).name
         if not candidate.is_file():
+            if not self.required:
+                return d
             raise FileNotFoundError(
                 f"no {self.tag} mask for study {image}: upload it as the 'label' file of the /infer request or put it "
                 f"at {candidate}"
             )
-        d[self.key] = str(candidate)
-        return d
+        return self._set(d, str(candidate))
 
 
 class ResultFilesd(Transform):
