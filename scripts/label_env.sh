@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates the MONAI Label environment (default .venv-label) once; sourced by test_label.sh and monailabel.sh.
+# Creates the MONAI Label environment (default <repository root>/.venv-label) once; sourced by test_label.sh and monailabel.sh.
 #
 # Why its own environment: monailabel 0.8.5 installs beside monai 1.6.1, but its dependencies numpymaxflow
 # and pydicom-seg pin numpy<2 (numpy goes down to 1.26.4) and its app fails to import with pydicom 3.
@@ -16,7 +16,10 @@
 # sam2 (a monailabel dependency, built from source: minutes) is left out unless LABEL_WITH_SAM2=1:
 # the bundle app only uses it for its optional SAM2 models, which we switch off (--conf sam2 false).
 set -euo pipefail
-VENV_LABEL=${VENV_LABEL:-.venv-label}
+# the repository root of this script (not the caller's folder): the environment is built there and the
+# project installed from there, wherever the script is started from
+LABEL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV_LABEL=${VENV_LABEL:-$LABEL_ROOT/.venv-label}
 PY=${PYTHON:-python3}
 if ! "$VENV_LABEL/bin/python" -c "import monailabel, monai, tools" >/dev/null 2>&1; then
   echo "creating $VENV_LABEL (MONAI Label 0.8.5; several minutes, several GB: see docs/monailabel.md)" >&2
@@ -41,7 +44,7 @@ if ! "$VENV_LABEL/bin/python" -c "import monailabel, monai, tools" >/dev/null 2>
     "$PIP" install -q --no-deps 'monailabel==0.8.5'
   fi
   # the project itself: --no-deps because pyproject asks numpy>=2 (the label environment has 1.26)
-  "$PIP" install -q --no-deps -e .
+  "$PIP" install -q --no-deps -e "$LABEL_ROOT"
   # last, so that no later install brings it back
   "$PIP" uninstall -q -y triton
   # pip's download cache is not part of the environment; byte-code caches are rebuilt on use

@@ -247,7 +247,6 @@ def evaluate_segmenter(config_file: str | Sequence[str], split: str = "test", ou
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
     return result
 
 
