@@ -43,7 +43,8 @@ ANATOMY = {"aortadiff_cect": "aaa", "abdomen_semantic_synthesis": "abdomen", "ca
 # (workflow type, config files); cardiac's stages are deltas over common.json
 WORKFLOWS = {
     "aortadiff_cect": [("train", ["train.json"]), ("infer", ["inference.json"]),
-                       ("eval", ["inference.json", "evaluate.json"])],
+                       ("eval", ["inference.json", "evaluate.json"]),
+                       ("train", ["train_aorta_seg.json"]), ("infer", ["inference_aorta_seg.json"])],
     "abdomen_semantic_synthesis": [("train", ["train.json"]), ("infer", ["inference.json"]),
                                    ("eval", ["train.json", "evaluate.json"])],
     "cardiac_ldm_ssl": [("train", ["common.json", "train.json"]), ("infer", ["inference.json"]),
