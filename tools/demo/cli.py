@@ -54,9 +54,10 @@ def _load() -> str:
 
 def main(bundles: str | Sequence[str] | None = None, output_dir: str = "runs/demo", size: str = "demo",
          jobs: int | None = None, isolate: bool = False, dataset_root: str | None = None, repo_root: str = ".",
-         echo=print) -> int:
+         echo=None) -> int:
     """Run the demo; returns the exit code (0: every stage ran)."""
     t0 = time.perf_counter()
+    echo = echo or (lambda text: print(text, flush=True))
     root = Path(repo_root)
     chosen = _bundles(bundles)
     stages = build_plan(chosen, output_dir, size=size, repo_root=root, dataset_root=dataset_root)

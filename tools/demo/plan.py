@@ -36,12 +36,12 @@ SIZES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         "abdomen_semantic_synthesis": {
             "training": {"iterations": 600, "val_interval": 600, "checkpoint_interval": 600, "learning_rate": 0.001,
                          "num_val_slices": 8, "val_num_inference_steps": 10},
-            "segmenter": {"segmenter_iterations": 200, "segmenter_val_interval": 200},
+            "segmenter": {"segmenter_iterations": 150, "segmenter_val_interval": 150},
             "evaluate": {"num_eval_slices": 16, "eval_sampler": "ddim", "eval_num_inference_steps": 10},
         },
         "cardiac_ldm_ssl": {
-            "train_autoencoder": {"epochs": 15, "val_interval": 15},
-            "train_ldm": {"epochs": 40},
+            "train_autoencoder": {"epochs": 12, "val_interval": 12},
+            "train_ldm": {"epochs": 30},
             "generate": {"samples_per_volume": 1, "num_inference_steps": 10},
             "pretrain_ssl": {"epochs": 3},
             "train": {"epochs": 10},
