@@ -115,5 +115,9 @@ def cli() -> None:
     import fire
 
     codes: list[int] = []
-    fire.Fire(main, serialize=lambda code: codes.append(code))  # keep the exit code, print nothing
+    try:
+        fire.Fire(main, serialize=lambda code: codes.append(code))  # keep the exit code, print nothing
+    except ValueError as e:  # a bad --bundles / --size: one line, before any work
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(codes[0] if codes and isinstance(codes[0], int) else 0)
