@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## demo: train the AortaDiff bundle on CT phantoms on the CPU, then sample and evaluate
+## demo: the three bundles trained on CT phantoms on the CPU, sampled and evaluated (about 5 minutes on 2 cores);
+##       one bundle: make demo BUNDLE=aortadiff_cect (or abdomen_semantic_synthesis, cardiac_ldm_ssl; a comma list)
 demo: $(STAMP)
-	$(PY) -m tools.demo
+	$(PY) -m tools.demo $(if $(BUNDLE),--bundles $(BUNDLE))
 
 ## test: the whole pytest suite (CPU, tiny sizes)
 test: $(STAMP)

@@ -1,0 +1,111 @@
+"""`make demo` (tools/demo): its plan, its runner, and the whole code path at tiny size."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools.demo.plan import BUNDLES, SIZES, Stage, build_plan
+from tools.demo.runner import run_stages
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config_files(stage: Stage) -> list[str]:
+    i = stage.args.index("--config_file")
+    return re.findall(r"'([^']+)'", stage.args[i + 1])
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_plan_uses_each_bundles_own_configs_with_small_json_last(size):
+    stages = build_plan(BUNDLES, "runs/demo", size=size, repo_root=REPO)
+    assert {s.bundle for s in stages} == set(BUNDLES)
+    keys = {s.key for s in stages}
+    for s in stages:
+        assert all(f"{s.bundle}.{n}" in keys for n in s.needs), s.key
+        if s.module != "monai.bundle":
+            continue
+        files = _config_files(s)
+        assert all((REPO / f).is_file() for f in files), files
+        assert files[-1].endswith("small.json") or files[-2].endswith("small.json"), files  # evaluate.json may follow
+        assert f"bundles/{s.bundle}/configs" in files[0]
+        # the command printed in the log is the one that runs
+        assert shlex.split(s.command()) == ["python", "-m", s.module, *s.args]
+
+
+def test_plan_evaluates_trained_and_untrained_networks_with_a_fast_sampler():
+    stages = {s.key: s for s in build_plan(BUNDLES, "out", size="demo", repo_root=REPO)}
+    args = {k: dict(zip(s.args[::1], s.args[1::1])) for k, s in stages.items()}
+    ab = args["abdomen_semantic_synthesis.evaluate"]
+    assert ab["--eval_sampler"] == "ddim" and int(ab["--eval_num_inference_steps"]) <= 25
+    assert "checkpoint_iteration=0.pt" in ab["--checkpoints"] and "model.pt" in ab["--checkpoints"]
+    assert args["aortadiff_cect.evaluate_untrained"]["--checkpoint"].endswith("untrained.pt")
+    assert args["cardiac_ldm_ssl.evaluate_untrained"]["--model_filename"] == "untrained.pt"
+    assert stages["cardiac_ldm_ssl.train"].needs == ("pretrain_ssl",)
+    with pytest.raises(ValueError, match="unknown bundle"):
+        build_plan(["nope"])
+
+
+def test_runner_reports_a_failed_stage_with_its_log_and_skips_what_needs_it(tmp_path):
+    ok_file = tmp_path / "ok.json"
+    ok_file.write_text('{"a": 1}')
+    stages = [
+        Stage("b", "bad", "json.tool", (str(tmp_path / "missing.json"),)),
+        Stage("b", "after_bad", "json.tool", (str(ok_file),), needs=("bad",)),
+        Stage("b", "good", "json.tool", (str(ok_file),)),
+    ]
+    lines: list[str] = []
+    results = {r.stage.name: r for r in run_stages(stages, tmp_path / "logs", jobs=2, isolate=True, echo=lines.append)}
+    assert results["bad"].status == "failed" and results["after_bad"].status == "skipped"
+    assert results["good"].status == "ok"
+    assert (tmp_path / "logs" / "b.good.log").read_text().startswith("$ python -m json.tool")
+    assert '"a": 1' in (tmp_path / "logs" / "b.good.log").read_text()
+    text = "\n".join(lines)
+    assert "FAILED" in text and "b.bad.log" in text and "missing.json" in text  # the log's tail is shown
+
+
+def test_unknown_bundle_is_a_one_line_error(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "tools.demo", "--bundles", "nope", "--output_dir", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "unknown bundle" in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_demo_tiny_end_to_end(tmp_path):
+    """`python -m tools.demo --size tiny`: every stage of the three bundles runs; table, overview and summary."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("OMP_NUM_THREADS", None)
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "tools.demo", "--size", "tiny", "--output_dir", str(out),
+                           "--dataset_root", str(tmp_path / "data")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    planned = build_plan(BUNDLES, out, size="tiny", repo_root=REPO)
+    assert [s["stage"] for s in summary["stages"]] == [s.key for s in planned]
+    assert all(s["status"] == "ok" for s in summary["stages"])
+    # one status line per stage, no warnings on the terminal, the table printed once
+    status = [ln for ln in proc.stdout.splitlines() if re.match(r"\[\s*\d+ s\] \S+\.\S+\s+ok\s", ln)]
+    assert len(status) == len(planned)
+    assert "Warning" not in proc.stdout + proc.stderr
+    assert proc.stdout.count("metric (test split)") == 1
+    # every bundle has its numbers for both networks and its row in the overview
+    table = summary["table"]
+    assert {r["bundle"] for r in table} == set(BUNDLES)
+    assert all(r["untrained"] != "-" and r["trained"] != "-" for r in table)
+    assert summary["overview_missing_rows"] == {}
+    from PIL import Image
+
+    with Image.open(out / "overview.png") as im:
+        assert im.size[1] > 2.5 * 0.8 * im.size[0] / 6  # three rows of ~square panels, up to 6 per row
+    for s in planned:  # each stage's log starts with the command it ran
+        assert (out / "logs" / f"{s.key}.log").read_text().startswith(f"$ python -m {s.module} ")
