@@ -14,7 +14,7 @@ from tools.data.checks import check_choice, check_entries, check_nonempty, check
 from tools.data.datalist import load_datalist
 from tools.engines.output_guard import check_writable, refuse_overwrite
 
-__all__ = ["check_inference_inputs", "check_training_inputs"]
+__all__ = ["check_inference_inputs", "check_num_samples", "check_training_inputs"]
 
 REQUIRED = ("ncct", "cect", "aorta")
 
@@ -33,6 +33,12 @@ def check_training_inputs(datalist: str | Path, image_size: int, iterations: int
     check_entries(entries, image_keys=("ncct", "cect"), mask_keys=("aorta", "lumen"))
     check_writable(output_dir, "output_dir")
     check_writable(ckpt_dir, "ckpt_dir")
+
+
+def check_num_samples(num_samples: int) -> None:
+    """``num_samples`` (samples per case, >= 1; > 1 adds the uncertainty maps) is a positive integer: the first
+    inference step, before the inputs are read or any phantom is made."""
+    check_positive(num_samples=num_samples)
 
 
 def check_inference_inputs(entries: Sequence[dict], output_dir: str | Path, overwrite: bool, sampler: str,
