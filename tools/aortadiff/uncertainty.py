@@ -54,13 +54,16 @@ def threshold_at_false_alarm(scores: Sequence[float], false_alarm_rate: float) -
 
 
 def spearman(scores: Sequence[float], errors: Sequence[float]) -> dict | None:
-    """Spearman correlation (:func:`scipy.stats.spearmanr`) of score and error over the finite pairs (>= 3)."""
+    """Spearman correlation (:func:`scipy.stats.spearmanr`) of score and error over the finite pairs (>= 3; None
+    when fewer or when either is constant)."""
     from scipy.stats import spearmanr
 
     pairs = [(s, e) for s, e in zip(scores, errors) if s is not None and e is not None and np.isfinite(s) and np.isfinite(e)]
     if len(pairs) < 3:
         return None
     res = spearmanr([p[0] for p in pairs], [p[1] for p in pairs])
+    if not np.isfinite(res.statistic):  # a constant score or error has no ranking
+        return None
     return {"rho": float(res.statistic), "p": float(res.pvalue), "n": len(pairs)}
 
 
