@@ -54,6 +54,25 @@ def test_pseudo_lumen_recovers_the_hand_built_lumen():
     assert not pseudo_lumen(cect, aorta)[~aorta].any()
 
 
+def test_pseudo_lumen_uses_the_enhancement_against_smeared_calcium():
+    """Calcium smeared into the wall (500 HU in both phases, below max_hu) outshines a weakly enhanced lumen
+    (250 HU) on the CECT alone; on CECT - NCCT it does not enhance and the lumen is found."""
+    cect, aorta, lumen, calc = _hand_case()
+    ncct = np.where(aorta, 38.0, -100.0).astype(np.float32)
+    cect = cect.copy()
+    cect[lumen] = 250.0
+    ncct[lumen] = 45.0
+    cect[calc], ncct[calc] = 500.0, 500.0
+    cect[25, 14] = 40.0
+    thick = aorta & (np.mgrid[:40, :40][0] > 24) & ~lumen  # a wide smeared band, not removed by the opening
+    cect[thick], ncct[thick] = 500.0, 500.0
+    cect_only = pseudo_lumen(cect, aorta)
+    assert (cect_only & thick).sum() > 100  # the band joins the lumen class (and wins the largest component)
+    np.testing.assert_array_equal(pseudo_lumen(cect, aorta, ncct), lumen)
+    with pytest.raises(ValueError, match="NCCT shape"):
+        pseudo_lumen(cect, aorta, ncct[:-1])
+
+
 def test_pseudo_lumen_is_empty_without_enhancement_and_checks_shapes():
     cect, aorta, _, _ = _hand_case()
     flat = np.where(aorta, 40.0, -100.0).astype(np.float32)
@@ -67,6 +86,7 @@ def test_pseudo_lumen_transform_replaces_any_lumen_label():
     cect, aorta, lumen, _ = _hand_case()
     ref = MetaTensor(torch.from_numpy(np.stack([aorta] * 3, -1)[None].astype(np.float32)), affine=torch.eye(4))
     d = {"cect": torch.from_numpy(np.stack([cect] * 3, -1)[None]), "aorta": ref,
+         "ncct": torch.from_numpy(np.stack([np.where(aorta, 40.0, -100.0)] * 3, -1)[None].astype(np.float32)),
          "lumen": torch.ones_like(ref)}  # a wrong label in the datalist: replaced
     out = PseudoLumenLabeld("lumen")(d)
     assert out["labeled"].item() == 1.0 and isinstance(out["lumen"], MetaTensor)

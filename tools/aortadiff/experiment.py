@@ -310,8 +310,10 @@ def evaluate_row(name: str, seed: int, common: dict, size: dict, work: Path, tra
 def calibrate_on_validation(configs: list[str], overrides: dict, out: Path) -> dict:
     """Sample the validation cases as ``overrides`` sample the held-out ones; return the low-confidence
     threshold at :data:`UNCERTAINTY`'s false-alarm rate over their per-case scores (and the scores)."""
-    from tools.aortadiff.uncertainty import read_scores, threshold_at_false_alarm
-
+    record_file = out / "calibration.json"
+    done = _read(record_file)
+    if done is not None:
+        return done
     configs = [c for c in configs if c != "evaluate.json"]
     over = {**overrides, "inference_split": "validation", "output_dir": str(out), "prediction_dir": str(out),
             "uncertainty_measure": UNCERTAINTY["measure"]}
@@ -319,10 +321,19 @@ def calibrate_on_validation(configs: list[str], overrides: dict, out: Path) -> d
         over.pop(k, None)
     t0 = time.perf_counter()
     _bundle("inference", configs, over)
+    record = calibration_record(out, time.perf_counter() - t0)
+    write_json(record_file, record)
+    return record
+
+
+def calibration_record(out: Path, wall_s: float | None = None) -> dict:
+    """The threshold at :data:`UNCERTAINTY`'s false-alarm rate over the per-case scores inference wrote into ``out``."""
+    from tools.aortadiff.uncertainty import read_scores, threshold_at_false_alarm
+
     scores = read_scores(out, UNCERTAINTY["measure"])
     return {"split": "validation", "measure": UNCERTAINTY["measure"], "false_alarm_rate": UNCERTAINTY["false_alarm_rate"],
             "scores": scores, "threshold": threshold_at_false_alarm(list(scores.values()), UNCERTAINTY["false_alarm_rate"]),
-            "wall_time_s": round(time.perf_counter() - t0, 1)}
+            "wall_time_s": None if wall_s is None else round(wall_s, 1)}
 
 
 def pseudo_label_quality(entries: list[dict]) -> list[dict]:
