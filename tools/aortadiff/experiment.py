@@ -351,7 +351,8 @@ def pseudo_label_quality(entries: list[dict]) -> list[dict]:
         cect = np.asarray(nib.load(str(e["cect"])).dataobj, np.float32)
         aorta = np.asarray(nib.load(str(e["aorta"])).dataobj) > 0
         lumen = np.asarray(nib.load(str(e["lumen"])).dataobj) > 0
-        p = pseudo_lumen(cect, aorta)
+        ncct = np.asarray(nib.load(str(e["ncct"])).dataobj, np.float32)
+        p = pseudo_lumen(cect, aorta, ncct)  # as configs/zero_lumen_labels.json makes them
         out.append({"case_id": Path(str(e["case_id"])).name, "kind": e.get("kind", "regular"),
                     "dice_lumen": mask_dice(p, lumen), "dice_thrombus": mask_dice(aorta & ~p, aorta & ~lumen)})
     return out
@@ -445,8 +446,8 @@ def zero_label_lines(records: list[dict], agg: dict, pseudo: list[dict] | None) 
         dl = [c["dice_lumen"] for c in pseudo]
         dt = [c["dice_thrombus"] for c in pseudo if not math.isnan(c["dice_thrombus"])]
         worst = min(pseudo, key=lambda c: c["dice_lumen"])
-        lines += ["", f"The pseudo-labels themselves (Otsu inside the aorta on the real CECT, cleaned; what the "
-                  f"zero-label model trains on) against the reference on the {len(pseudo)} held-out cases: lumen Dice "
+        lines += ["", f"The pseudo-labels themselves (Otsu inside the aorta on the enhancement CECT - NCCT of the "
+                  f"real pair, cleaned: what the zero-label model trains on) against the reference on the {len(pseudo)} held-out cases: lumen Dice "
                   f"{np.mean(dl):.3f} (min {worst['dice_lumen']:.3f}, {worst['kind']}), thrombus Dice {np.mean(dt):.3f}."]
     return lines
 
