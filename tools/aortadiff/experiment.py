@@ -38,6 +38,7 @@ import csv
 import json
 import logging
 import math
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +110,8 @@ ROWS: dict[str, Row] = {
     "labeled_only": Row("labeled_only", "labeled-only training"),
     "fixed_weights": Row("fixed_weights", "fixed instead of Kendall weights"),
     "mse_lpips": Row("mse_lpips", "MSE + LPIPS image loss"),
-    "zero_lumen_labels": Row("zero_lumen_labels", "zero lumen labels (CECT pseudo-labels)"),
-    "aortadiff_unc8": Row("aortadiff", "AortaDiff, mean of 8 samples (uncertainty study)", "fast", {"num_samples": 8}),
+    "zero_lumen_labels": Row("zero_lumen_labels", "zero lumen labels"),
+    "aortadiff_unc8": Row("aortadiff", "AortaDiff, 8 samples", "fast", {"num_samples": 8}),
 }
 
 #: the uncertainty study: per-case score, false-alarm rate of the validation-set threshold, "worst" cases
@@ -462,7 +463,7 @@ def uncertainty_lines(records: list[dict]) -> list[str]:
         if not u.get("n_cases_with_score"):
             continue
         n_s = rec["overrides"].get("num_samples")
-        lines += ["", f"Uncertainty study, {rec['label']} (seed {rec['seed']}, {n_s} samples per case, "
+        lines += ["", f"Uncertainty study, {ROWS[rec['row']].label if rec['row'] in ROWS else rec['label']} (seed {rec['seed']}, {n_s} samples per case, "
                   f"{u['n_cases_with_score']} held-out cases): Spearman rho (p) of the per-case score with the "
                   "per-case error.", ""]
         by = u.get("spearman_by_measure")
@@ -641,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     size_name = "quick" if args.quick else args.size
     size = SIZES[size_name]
-    work = Path(args.work_dir or REPO / "runs" / "experiments" / f"aortadiff_{size_name}")
+    work = Path(args.work_dir or REPO / "runs" / "experiments" / f"aortadiff_{size_name}").resolve()  # datalist paths absolute
     results_dir = Path(args.results_dir or (work / "results_out" if args.quick else REPO / "docs" / "results"))
     results_md = Path(args.results_md or (work / "results.md" if args.quick else RESULTS_MD))
     rows = args.only or list(ROWS)
@@ -675,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         {(r["model"], r["seed"]): r["wall_time_s"]["train"] for r in records}.values()) / 60
     load1 = [x[0] for x in loads if x]
     machine = machine_info()
-    command = "python -m tools.experiments aortadiff " + " ".join(argv or [])
+    command = "python -m tools.experiments aortadiff " + shlex.join(argv or [])
     setup = {
         "command": command.strip(), "seeds": sorted({r["seed"] for r in records}), "size": size_name, "iterations": iterations,
         "batch_size": size["overrides"].get("batch_size", 16),
