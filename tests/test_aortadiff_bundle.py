@@ -94,20 +94,24 @@ def test_inference_and_evaluate_keep_geometry(trained):
     out = root / "infer"
     _infer(paths, out, num_samples=2)
     cdir = out / Path(case["case_id"]).name
-    for name in ("synthetic_cect", "lumen", "thrombus", "label", "std_hu"):
+    for name in ("synthetic_cect", "lumen", "thrombus", "label", "std_hu", "lumen_vote", "mask_entropy"):
         img = nib.load(str(cdir / f"{name}.nii.gz"))
         assert img.shape == ref.shape and np.array_equal(img.affine, ref.affine), name
     aorta = np.asarray(nib.load(str(Path(paths["dataset_dir"]) / case["aorta"])).dataobj) > 0
     label = np.asarray(nib.load(str(cdir / "label.nii.gz")).dataobj)
     assert np.array_equal(label > 0, aorta) and set(np.unique(label)) <= {0, 1, 2}
     assert (cdir / "preview.png").stat().st_size > 1000
-    assert json.loads((cdir / "uncertainty.json").read_text())["uncertainty_score"] >= 0
+    unc = json.loads((cdir / "uncertainty.json").read_text())
+    assert unc["uncertainty_measure"] == "mask_entropy" and unc["uncertainty_score"] == unc["mask_entropy"] >= 0
+    assert unc["image_std_hu"] > 0 and "low_confidence" not in unc  # no threshold given: no flag
+    entropy = np.asarray(nib.load(str(cdir / "mask_entropy.nii.gz")).dataobj)
+    assert entropy.min() >= 0 and entropy.max() <= 1 and not entropy[~aorta].any()
 
     ev = root / "eval"
     bundle_run("evaluate", config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")],
                logging_file=str(CONFIGS / "logging.conf"), **TINY, dataset_dir=paths["dataset_dir"],
                ckpt_dir=paths["ckpt_dir"], output_dir=str(ev), sampler="ddim", num_inference_steps=2,
-               num_samples=2, progress=False, uncertainty_threshold=0.0)
+               num_samples=2, progress=False, uncertainty_threshold=-1.0)
     for f in ("metrics_per_slice.csv", "metrics_per_case.csv", "metrics_summary.json", "bland_altman_diameters.png",
               "dice_boxplot.png"):
         assert (ev / f).is_file(), f
@@ -116,7 +120,8 @@ def test_inference_and_evaluate_keep_geometry(trained):
     summary = json.loads((ev / "metrics_summary.json").read_text())
     assert summary["n_cases"] == len(datalist["test"]) and summary["mean"]["psnr"] > 0
     assert summary["lpips"].startswith(("skipped", "computed"))
-    assert summary["uncertainty"]["flagged_cases"] == [Path(case["case_id"]).name]  # threshold 0 flags every case
+    assert summary["uncertainty"]["flagged_cases"] == [Path(case["case_id"]).name]  # threshold -1 flags every case
+    assert json.loads((ev / "predictions" / Path(case["case_id"]).name / "uncertainty.json").read_text())["low_confidence"]
 
 
 def test_inference_on_real_lps_cta(trained, tmp_path):

@@ -157,6 +157,7 @@ def test_known_region_is_noised_ncct_and_final_fusion(cls, kw):
     expected = 0.25 * roi + ncct * (1 - roi)  # x0 * roi + ncct * (1 - roi)
     torch.testing.assert_close(out[:, :1], expected, atol=1e-6, rtol=0)
     assert torch.all(out[:, 1] == -0.5) and torch.all(out[:, 2] == 0)
+    assert torch.all(out[:, 3] == 1)  # SDF -0.5 everywhere: every sample votes lumen
 
 
 def test_inferer_volume_slices_resize_and_samples():
@@ -169,11 +170,13 @@ def test_inferer_volume_slices_resize_and_samples():
     vol[:, 0] = torch.rand(20, 24, 5) * 2 - 1
     vol[:, 1, 6:14, 8:16, 1:4] = 1
     out = inferer(vol, net)
-    assert out.shape == (1, 3, 20, 24, 5)
+    assert out.shape == (1, 4, 20, 24, 5)  # image, SDF, image std, lumen vote
     outside = vol[:, 1] < 0.5
     torch.testing.assert_close(out[:, 0][outside], vol[:, 0][outside])  # geometry: NCCT kept outside the ROI
     assert torch.all(out[:, 1, ..., [0, 4]] == 1)  # slices without ROI are not sampled
     assert out[:, 2][~outside].max() > 0  # std map from 2 samples
+    assert torch.all(out[:, 3, ..., [0, 4]] == 0)  # and no votes there
+    assert out[:, 3].min() >= 0 and out[:, 3].max() <= 1  # fraction of samples voting lumen (resized: bilinear)
 
 
 
@@ -224,11 +227,16 @@ def test_evaluation_summary_spearman_and_flags(tmp_path):
     assert dice(np.ones((2, 2)), np.zeros((2, 2))) == 0.0 and math.isnan(dice(np.zeros(3), np.zeros(3)))
     ev = AortaDiffEvaluation(str(tmp_path / "d.json"), str(tmp_path), str(tmp_path), uncertainty_threshold=2.5)
     cases = [{"case_id": f"c{i}", "labeled": True, "uncertainty_score": float(i), "dice_lumen": 1.0 - 0.1 * i,
-              "diam_max_mae_mm": 4.0 - i} for i in range(4)]  # error rises, diameter MAE falls with the score
+              "dice_thrombus": 0.5, "diam_max_mae_mm": 4.0 - i, "unc_mask_entropy": float(i),
+              "unc_image_std_hu": float(-i)} for i in range(4)]  # error rises, diameter MAE falls with the score
     unc = ev._summary(cases, "skipped")["uncertainty"]
     assert unc["spearman_dice_lumen_error"]["rho"] == pytest.approx(1.0)
     assert unc["spearman_diam_max_mae_mm"]["rho"] == pytest.approx(-1.0)
+    assert unc["spearman_by_measure"]["image_std_hu"]["dice_lumen_error"]["rho"] == pytest.approx(-1.0)
+    assert "dice_thrombus_error" not in unc["spearman_by_measure"]["mask_entropy"]  # constant error: no rank
     assert unc["flagged_cases"] == ["c3"]
+    worst = unc["flag_at_threshold"]["dice_lumen_error"]  # worst 30 % of 4 = 2 cases: c3, c2; c3 flagged
+    assert (worst["n_worst"], worst["caught"], worst["false_alarms"]) == (2, 1, 0)
     assert "not computed" in ev._summary(cases[:2], "skipped")["uncertainty"]["spearman"]
 
 

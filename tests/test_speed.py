@@ -57,7 +57,7 @@ def test_samples_share_network_calls_and_only_the_last_call_runs_the_mask_head()
     assert net.batch_sizes == [batch * samples] * net.calls  # slices x samples in one network batch
     image_only = [k.get("image_only", False) for k in net.kwargs]
     assert image_only == [True, True, False] * 2  # mask head at the last call of each batch only
-    assert out.shape == (4, 3, 16, 16)
+    assert out.shape == (4, 4, 16, 16)  # image, SDF, image std, lumen vote
     roi = x[:, 1] > 0.5
     assert (out[:, 2][roi] > 0).float().mean() > 0.5  # the samples differ: per-pixel std from 3 samples
     assert torch.all(out[:, 2][~roi] == 0)

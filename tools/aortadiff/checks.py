@@ -16,7 +16,13 @@ from tools.data.datalist import load_datalist
 from tools.engines.errors import InputValueError
 from tools.engines.output_guard import check_writable, refuse_overwrite
 
-__all__ = ["check_aorta_seg_outputs", "check_aorta_seg_training", "check_inference_inputs", "check_training_inputs"]
+__all__ = [
+    "check_aorta_seg_outputs",
+    "check_aorta_seg_training",
+    "check_inference_inputs",
+    "check_num_samples",
+    "check_training_inputs",
+]
 
 REQUIRED = ("ncct", "cect", "aorta")
 
@@ -35,6 +41,12 @@ def check_training_inputs(datalist: str | Path, image_size: int, iterations: int
     check_entries(entries, image_keys=("ncct", "cect"), mask_keys=("aorta", "lumen"))
     check_writable(output_dir, "output_dir")
     check_writable(ckpt_dir, "ckpt_dir")
+
+
+def check_num_samples(num_samples: int) -> None:
+    """``num_samples`` (samples per case, >= 1; > 1 adds the uncertainty maps) is a positive integer: the first
+    inference step, before the inputs are read or any phantom is made."""
+    check_positive(num_samples=num_samples)
 
 
 def check_inference_inputs(entries: Sequence[dict], output_dir: str | Path, overwrite: bool, sampler: str,

@@ -1,14 +1,17 @@
 """Decode the aorta inferers' 3-channel output into AortaDiff's products (a MONAI dictionary transform).
 
-Input ``pred``: (3, H, W[, D]) = synthetic CECT in [-1, 1], lumen SDF, per-pixel image std (window units)
-(see :mod:`tools.aortadiff.inferers`). Outputs (same grid, channel first):
+Input ``pred``: (3 or 4, H, W[, D]) = synthetic CECT in [-1, 1], lumen SDF, per-pixel image std (window
+units)[, lumen vote of the samples] (see :mod:`tools.aortadiff.inferers`). Outputs (same grid, channel first):
 
 - ``synthetic_cect``: HU; inside the ROI the generated image mapped back from the window, outside it the
   input NCCT in HU (``ncct_key``) exactly, i.e. ``x0 * roi + ncct * (1 - roi)`` in HU.
 - ``lumen``: ``(sdf < 0) & aorta``; ``thrombus``: ``aorta & ~lumen`` (uint8).
 - ``pred``: label map 0 background, 1 lumen, 2 thrombus (what MONAI Label shows).
 - ``std_hu``: image standard deviation in HU (0 for one sample); ``uncertainty_score``: its mean inside
-  the aorta (HU), the per-case uncertainty score; ``image_unit``: the fused image in [-1, 1] (for metrics).
+  the aorta (HU); ``image_unit``: the fused image in [-1, 1] (for metrics).
+- ``lumen_vote`` (fraction of samples voting lumen, inside the aorta; the lumen mask itself without a vote
+  channel) and ``mask_entropy`` (bits, :func:`tools.aortadiff.uncertainty.binary_entropy` of the vote,
+  0 outside the aorta); ``mask_uncertainty_score``: the entropy's mean inside the aorta.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Hashable, Mapping
 import torch
 from monai.transforms import MapTransform
 
+from tools.aortadiff.uncertainty import binary_entropy
 from tools.data.transforms import like, unit_to_hu
 
 
@@ -58,6 +62,11 @@ class DecodeAortaDiffd(MapTransform):
         d[self.prefix + "image_unit"] = like(ref, p[:1].clone())
         d[self.pred_key] = like(ref, label)
         d[self.prefix + "uncertainty_score"] = float(std_hu[aorta].mean()) if aorta.any() else float(std_hu.mean())
+        vote = (p[3:4] if p.shape[0] > 3 else lumen.float()) * aorta
+        entropy = binary_entropy(vote) * aorta
+        d[self.prefix + "lumen_vote"] = like(ref, vote)
+        d[self.prefix + "mask_entropy"] = like(ref, entropy)
+        d[self.prefix + "mask_uncertainty_score"] = float(entropy[aorta].mean()) if aorta.any() else 0.0
         return d
 
 

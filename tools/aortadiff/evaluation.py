@@ -10,9 +10,12 @@ the datalist's ``cect``, ``aorta`` and (when present) ``lumen``:
   :func:`tools.metrics.overlap.mask_dice`: 0 for a false-positive slice, NaN when both masks are empty);
 - lumen max (Feret) and minor-axis diameters in mm, diameter MAE, thrombus area error in %
   (:mod:`tools.aortadiff.clinical_metrics`);
-- with ``uncertainty.json`` from inference (``num_samples`` > 1): Spearman correlation between the per-case
-  uncertainty score and the case's lumen Dice error (1 - Dice) and diameter MAE; cases whose score exceeds
-  ``uncertainty_threshold`` are flagged.
+- with ``uncertainty.json`` from inference (``num_samples`` > 1; :mod:`tools.aortadiff.uncertainty`): per
+  case both scores (``image_std_hu``, ``mask_entropy``) and ``uncertainty_score`` (the one named by
+  ``uncertainty_measure``); Spearman correlation of each score with the case's errors (1 - Dice of lumen and
+  of thrombus, diameter MAE); the cases flagged by ``uncertainty_threshold`` (and, per error, how many of
+  the worst ``uncertainty_worst_fraction`` cases it catches); and the same catch count with the threshold
+  set on these cases at the fixed false-alarm rate ``uncertainty_false_alarm_rate`` among the others.
 
 Files in ``output_dir``: ``metrics_per_slice.csv``, ``metrics_per_case.csv``, ``metrics_summary.json``,
 ``bland_altman_diameters.png``, ``dice_boxplot.png`` and ``samples_<case_id>.png`` (NCCT | synthetic CECT |
@@ -44,6 +47,7 @@ from tools.data.transforms import hu_to_unit
 from tools.aortadiff.plots import bland_altman_png, dice_boxplot_png
 from tools.aortadiff.writer import FILE_NAMES, preview_png
 from tools.aortadiff.lpips_loss import build_lpips_or_none
+from tools.aortadiff.uncertainty import MEASURES, flag_study, spearman
 from tools.aortadiff.clinical_metrics import area_mm2, lumen_diameters_mm, thrombus_area_error_percent
 from tools.engines.output_guard import refuse_overwrite
 from tools.metrics.overlap import mask_dice
@@ -76,14 +80,20 @@ class AortaDiffEvaluation:
 
     def __init__(self, datalist: str, prediction_dir: str, output_dir: str, split: str = "test",
                  a_min: float = -200.0, a_max: float = 600.0, roi_margin: int = 5, lpips_net: str = "squeeze",
-                 lpips_pretrained_backbone: bool = True, uncertainty_threshold: float | None = 20.0,
-                 overwrite: bool = False, image_metrics: bool = True, segmentation_metrics: bool = True) -> None:
+                 lpips_pretrained_backbone: bool = True, uncertainty_threshold: float | None = None,
+                 overwrite: bool = False, image_metrics: bool = True, segmentation_metrics: bool = True,
+                 uncertainty_measure: str = "mask_entropy", uncertainty_false_alarm_rate: float = 0.2,
+                 uncertainty_worst_fraction: float = 0.3) -> None:
         self.datalist, self.split = datalist, split
         self.prediction_dir, self.output_dir = Path(prediction_dir), Path(output_dir)
         self.a_min, self.a_max = float(a_min), float(a_max)
         self.roi_margin = int(roi_margin)
         self.lpips_net, self.lpips_pretrained = lpips_net, bool(lpips_pretrained_backbone)
-        self.threshold = uncertainty_threshold
+        self.threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
+        if uncertainty_measure not in MEASURES:
+            raise ValueError(f"uncertainty_measure must be one of {sorted(MEASURES)}, got {uncertainty_measure!r}")
+        self.measure = uncertainty_measure
+        self.false_alarm_rate, self.worst_fraction = float(uncertainty_false_alarm_rate), float(uncertainty_worst_fraction)
         self.overwrite = overwrite
         self.image_metrics, self.segmentation_metrics = bool(image_metrics), bool(segmentation_metrics)
 
@@ -105,7 +115,10 @@ class AortaDiffEvaluation:
         roi = AortaROId("a", margin=self.roi_margin)({"a": aorta[None].astype(np.float32)})["roi"][0] > 0
         ks = np.nonzero(aorta.any((0, 1)))[0]
         unc_file = pdir / "uncertainty.json"
-        score = json.loads(unc_file.read_text())["uncertainty_score"] if unc_file.is_file() else None
+        unc = json.loads(unc_file.read_text()) if unc_file.is_file() else {}
+        scores = {m: unc.get(m) for m in MEASURES} if unc else {}
+        if unc and scores.get("image_std_hu") is None:  # written before the mask scores existed
+            scores["image_std_hu"] = unc.get("uncertainty_score")
 
         def stack(vol: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(np.moveaxis(vol[..., ks], -1, 0)[:, None])).float()
@@ -143,7 +156,7 @@ class AortaDiffEvaluation:
             rows.append(row)
         case = {"case_id": cid, "labeled": lumen_gt is not None, "n_slices": len(ks),
                 **{m: _nanmean([r[m] for r in rows]) for m in IMAGE_METRICS if self.image_metrics},
-                "uncertainty_score": score}
+                "uncertainty_score": scores.get(self.measure), **{f"unc_{m}": v for m, v in scores.items()}}
         if lumen_gt is not None:
             case.update(dice_lumen=mask_dice(lumen_p, lumen_gt), dice_thrombus=mask_dice(thr_p, thr_gt),
                         diam_max_mae_mm=_nanmean([r["diam_max_abs_err_mm"] for r in rows]),
@@ -189,21 +202,31 @@ class AortaDiffEvaluation:
     def _summary(self, cases: list[dict], lpips_status: str) -> dict:
         mean = {k: _nanmean([c.get(k) for c in cases]) for k in IMAGE_METRICS + SEGMENTATION_METRICS}
         scored = [c for c in cases if c.get("uncertainty_score") is not None and c.get("labeled")]
-        unc: dict[str, Any] = {"threshold": self.threshold, "n_cases_with_score": len(scored)}
+        unc: dict[str, Any] = {"measure": self.measure, "threshold": self.threshold, "n_cases_with_score": len(scored),
+                               "false_alarm_rate": self.false_alarm_rate, "worst_fraction": self.worst_fraction}
+        errors = {"dice_lumen_error": [1 - c["dice_lumen"] for c in scored],
+                  "dice_thrombus_error": [1 - c["dice_thrombus"] for c in scored],
+                  "diam_max_mae_mm": [c["diam_max_mae_mm"] for c in scored]}
         if len(scored) >= 3:
-            from scipy.stats import spearmanr
-
-            s = [c["uncertainty_score"] for c in scored]
-            for name, vals in (("dice_lumen_error", [1 - c["dice_lumen"] for c in scored]),
-                               ("diam_max_mae_mm", [c["diam_max_mae_mm"] for c in scored])):
-                res = spearmanr(s, vals, nan_policy="omit")
-                unc[f"spearman_{name}"] = {"rho": float(res.statistic), "p": float(res.pvalue)}
+            for name, vals in errors.items():
+                res = spearman([c["uncertainty_score"] for c in scored], vals)
+                if res is not None:
+                    unc[f"spearman_{name}"] = res
+                for m in MEASURES:
+                    res = spearman([c.get(f"unc_{m}") for c in scored], vals)
+                    if res is not None:
+                        unc.setdefault("spearman_by_measure", {}).setdefault(m, {})[name] = res
+                unc.setdefault("flag_at_false_alarm_rate", {})[name] = flag_study(
+                    [c["uncertainty_score"] for c in scored], vals, self.worst_fraction, self.false_alarm_rate)
+                if self.threshold is not None:
+                    unc.setdefault("flag_at_threshold", {})[name] = flag_study(
+                        [c["uncertainty_score"] for c in scored], vals, self.worst_fraction, threshold=self.threshold)
         else:
             unc["spearman"] = (f"not computed: needs >= 3 labeled cases with an uncertainty score, have {len(scored)} "
                                "(scores come from inference with --num_samples > 1)")
         if self.threshold is not None:
             unc["flagged_cases"] = [c["case_id"] for c in cases if c.get("uncertainty_score") is not None
-                                    and c["uncertainty_score"] > float(self.threshold)]
+                                    and c["uncertainty_score"] > self.threshold]
         return {"split": self.split, "n_cases": len(cases), "window_hu": [self.a_min, self.a_max],
                 "lpips": lpips_status, "mean": {k: (None if math.isnan(v) else v) for k, v in mean.items()},
                 "uncertainty": unc}

@@ -17,10 +17,18 @@ per training iteration at batch 8 and 64 px, 0.011 s per network call per 64 px 
 gets the same training whatever the load while it runs. Every finished training and evaluation leaves a
 record file in the work folder; a rerun skips them, so the budget can be spread over several runs.
 
+Rows sampled with ``num_samples`` > 1 are the uncertainty study: before the held-out cases, the same
+sampling runs on the validation cases, and the low-confidence threshold is set there at the fixed
+false-alarm rate of :data:`UNCERTAINTY` (:func:`tools.aortadiff.uncertainty.threshold_at_false_alarm`); the
+evaluation then reports Spearman correlations of the per-case scores with the errors and how many of the
+worst held-out cases that threshold (and one set at the same false-alarm rate on the held-out cases
+themselves) catches.
+
 Options: ``--budget_minutes M`` (default 45), ``--seeds 0 1`` (default 0), ``--size cpu|paper``,
 ``--quick`` (tiny, for the test suite), ``--only ROW ...``, ``--iterations N`` (overrides the budget),
 ``--work_dir``, ``--results_dir``, ``--results_md``, ``--notes FILE`` (markdown appended to the section),
-``--threads N`` (torch CPU threads).
+``--threads N`` (torch CPU threads), ``--name NAME`` (default ``aortadiff``: the results.md section and the
+stem of the JSON / figure files, for a run of some rows reported beside the main table) and ``--heading``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import csv
 import json
 import logging
 import math
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +94,9 @@ MODELS: dict[str, Model] = {
     "labeled_only": _ablation("labeled_only", "ablation: labeled cases only"),
     "fixed_weights": _ablation("fixed_weights", "ablation: fixed loss weights (1, 1) instead of Kendall"),
     "mse_lpips": _ablation("mse_lpips", "ablation: MSE + LPIPS image loss"),
+    "zero_lumen_labels": Model("AortaDiff trained with zero lumen labels: every training case's lumen target is a "
+                               "pseudo-label from its CECT inside the aorta (Otsu, morphological cleaning)",
+                               ("zero_lumen_labels.json",), ()),
 }
 
 ROWS: dict[str, Row] = {
@@ -98,7 +110,14 @@ ROWS: dict[str, Row] = {
     "labeled_only": Row("labeled_only", "labeled-only training"),
     "fixed_weights": Row("fixed_weights", "fixed instead of Kendall weights"),
     "mse_lpips": Row("mse_lpips", "MSE + LPIPS image loss"),
+    "zero_lumen_labels": Row("zero_lumen_labels", "zero lumen labels"),
+    "aortadiff_unc8": Row("aortadiff", "AortaDiff, 8 samples", "fast", {"num_samples": 8}),
 }
+
+#: the uncertainty study: per-case score, false-alarm rate of the validation-set threshold, "worst" cases
+UNCERTAINTY = {"measure": "mask_entropy", "false_alarm_rate": 0.2, "worst_fraction": 0.3}
+#: zero-label variant vs the semi-supervised model: (metric, +1 if higher is better)
+ZERO_LABEL_METRICS = (("dice_lumen", 1), ("dice_thrombus", 1), ("diam_max_mae_mm", -1), ("thrombus_area_err_pct", -1))
 
 # the paper's figures (AortaDiff with RePaint and its best baselines), placed beside the rows that correspond; the
 # claims compare rows sampled alike (the fast sampler), RePaint is its own row
@@ -266,6 +285,12 @@ def evaluate_row(name: str, seed: int, common: dict, size: dict, work: Path, tra
     overrides = {**common, **size["overrides"], **model.overrides, **sampler, **row.overrides, "seed": seed,
                  "ckpt_dir": train_record["overrides"]["ckpt_dir"], "output_dir": str(out), "progress": False,
                  "overwrite": True, "image_metrics": model.makes_image, "segmentation_metrics": model.makes_segmentation}
+    calibration = None
+    if int(overrides.get("num_samples", 1)) > 1:
+        calibration = calibrate_on_validation(configs, overrides, out.parent / f"{name}_s{seed}_validation")
+        overrides.update(uncertainty_measure=UNCERTAINTY["measure"], uncertainty_threshold=calibration["threshold"],
+                         uncertainty_false_alarm_rate=UNCERTAINTY["false_alarm_rate"],
+                         uncertainty_worst_fraction=UNCERTAINTY["worst_fraction"])
     logger.info("evaluating %s (seed %d)", name, seed)
     wall = _bundle("evaluate", configs, overrides)
     summary = json.loads((out / "metrics_summary.json").read_text())
@@ -278,9 +303,60 @@ def evaluate_row(name: str, seed: int, common: dict, size: dict, work: Path, tra
               "configs": configs, "overrides": overrides, "wall_time_s": {"train": train_record["wall_time_s"],
                                                                           "evaluate": round(wall, 1)},
               "machine": machine_info(), "metrics": summary["mean"], "lpips": summary["lpips"],
-              "uncertainty": summary["uncertainty"], "per_case": cases}
+              "uncertainty": summary["uncertainty"], "calibration": calibration, "per_case": cases}
     write_json(record_file, record)
     return record
+
+
+def calibrate_on_validation(configs: list[str], overrides: dict, out: Path) -> dict:
+    """Sample the validation cases as ``overrides`` sample the held-out ones; return the low-confidence
+    threshold at :data:`UNCERTAINTY`'s false-alarm rate over their per-case scores (and the scores)."""
+    record_file = out / "calibration.json"
+    done = _read(record_file)
+    if done is not None:
+        return done
+    configs = [c for c in configs if c != "evaluate.json"]
+    over = {**overrides, "inference_split": "validation", "output_dir": str(out), "prediction_dir": str(out),
+            "uncertainty_measure": UNCERTAINTY["measure"]}
+    for k in ("image_metrics", "segmentation_metrics"):
+        over.pop(k, None)
+    t0 = time.perf_counter()
+    _bundle("inference", configs, over)
+    record = calibration_record(out, time.perf_counter() - t0)
+    write_json(record_file, record)
+    return record
+
+
+def calibration_record(out: Path, wall_s: float | None = None) -> dict:
+    """The threshold at :data:`UNCERTAINTY`'s false-alarm rate over the per-case scores inference wrote into ``out``."""
+    from tools.aortadiff.uncertainty import read_scores, threshold_at_false_alarm
+
+    scores = read_scores(out, UNCERTAINTY["measure"])
+    return {"split": "validation", "measure": UNCERTAINTY["measure"], "false_alarm_rate": UNCERTAINTY["false_alarm_rate"],
+            "scores": scores, "threshold": threshold_at_false_alarm(list(scores.values()), UNCERTAINTY["false_alarm_rate"]),
+            "wall_time_s": None if wall_s is None else round(wall_s, 1)}
+
+
+def pseudo_label_quality(entries: list[dict]) -> list[dict]:
+    """Dice of the CECT pseudo-labels (:func:`tools.aortadiff.pseudo_lumen.pseudo_lumen`, the zero-label
+    variant's training targets) against the reference lumen / thrombus, per labeled case."""
+    import nibabel as nib
+
+    from tools.aortadiff.pseudo_lumen import pseudo_lumen
+    from tools.metrics.overlap import mask_dice
+
+    out = []
+    for e in entries:
+        if not e.get("lumen"):
+            continue
+        cect = np.asarray(nib.load(str(e["cect"])).dataobj, np.float32)
+        aorta = np.asarray(nib.load(str(e["aorta"])).dataobj) > 0
+        lumen = np.asarray(nib.load(str(e["lumen"])).dataobj) > 0
+        ncct = np.asarray(nib.load(str(e["ncct"])).dataobj, np.float32)
+        p = pseudo_lumen(cect, aorta, ncct)  # as configs/zero_lumen_labels.json makes them
+        out.append({"case_id": Path(str(e["case_id"])).name, "kind": e.get("kind", "regular"),
+                    "dice_lumen": mask_dice(p, lumen), "dice_thrombus": mask_dice(aorta & ~p, aorta & ~lumen)})
+    return out
 
 
 def _num(v: str) -> Any:
@@ -347,9 +423,92 @@ def _fmt(stat: dict | None, fmt: str) -> str:
     return f"{fmt.format(stat['mean'])} ± {fmt.format(stat['std'])}"
 
 
-def markdown(payload: dict, figure: str | None, notes: str) -> str:
+def _rho(u: dict | None) -> str:
+    return f"{u['rho']:+.2f} (p = {u['p']:.2f})" if u else "—"
+
+
+def zero_label_lines(records: list[dict], agg: dict, pseudo: list[dict] | None) -> list[str]:
+    """The zero-label variant against the semi-supervised AortaDiff (paired over cases and seeds)."""
+    if not ("zero_lumen_labels" in agg and "aortadiff" in agg):
+        return []
+    lines = ["", "Zero lumen labels vs the semi-supervised AortaDiff (same sampler, same held-out cases; difference "
+             "zero-label - semi-supervised, paired over cases and seeds, mean ± standard error):", ""]
+    for m, sign in ZERO_LABEL_METRICS:
+        d = paired_difference(records, "zero_lumen_labels", "aortadiff", m)
+        if d is None:
+            continue
+        clear = abs(d["mean"]) > 2 * d["se"]
+        word = ("no clear difference" if not clear else "zero-label better" if d["mean"] * sign > 0
+                else "zero-label worse")
+        lines.append(f"- {METRICS[m][0]}: {agg['aortadiff']['metrics'][m]['mean']:{METRICS[m][1][2:-1]}} (semi-supervised) "
+                     f"vs {agg['zero_lumen_labels']['metrics'][m]['mean']:{METRICS[m][1][2:-1]}} (zero-label): "
+                     f"{d['mean']:+.3g} ± {d['se']:.2g} (n = {d['n']}): **{word}**")
+    if pseudo:
+        dl = [c["dice_lumen"] for c in pseudo]
+        dt = [c["dice_thrombus"] for c in pseudo if not math.isnan(c["dice_thrombus"])]
+        worst = min(pseudo, key=lambda c: c["dice_lumen"])
+        lines += ["", f"The pseudo-labels themselves (Otsu inside the aorta on the enhancement CECT - NCCT of the "
+                  f"real pair, cleaned: what the zero-label model trains on) against the reference on the {len(pseudo)} held-out cases: lumen Dice "
+                  f"{np.mean(dl):.3f} (min {worst['dice_lumen']:.3f}, {worst['kind']}), thrombus Dice {np.mean(dt):.3f}."]
+    return lines
+
+
+def uncertainty_lines(records: list[dict]) -> list[str]:
+    """The uncertainty study of every row sampled with num_samples > 1."""
+    lines = []
+    names = {"dice_lumen_error": "1 - Dice lumen", "dice_thrombus_error": "1 - Dice thrombus",
+             "diam_max_mae_mm": "diam. MAE"}
+    for rec in records:
+        u = rec.get("uncertainty") or {}
+        if not u.get("n_cases_with_score"):
+            continue
+        n_s = rec["overrides"].get("num_samples")
+        lines += ["", f"Uncertainty study, {ROWS[rec['row']].label if rec['row'] in ROWS else rec['label']} (seed {rec['seed']}, {n_s} samples per case, "
+                  f"{u['n_cases_with_score']} held-out cases): Spearman rho (p) of the per-case score with the "
+                  "per-case error.", ""]
+        by = u.get("spearman_by_measure")
+        if not by:  # a record made before both scores were kept
+            lines.append(f"- score vs 1 - Dice lumen: {_rho(u.get('spearman_dice_lumen_error'))}; vs diameter MAE: "
+                         f"{_rho(u.get('spearman_diam_max_mae_mm'))}")
+            continue
+        lines += ["| per-case score | " + " | ".join(names.values()) + " |", "|---|" + "---|" * len(names)]
+        from tools.aortadiff.uncertainty import MEASURES
+
+        for m in MEASURES:
+            lines.append(f"| {m}{' (the flag' + chr(39) + 's score)' if m == u.get('measure') else ''}: "
+                         f"{MEASURES[m]} | " + " | ".join(_rho(by.get(m, {}).get(e)) for e in names) + " |")
+        cal = rec.get("calibration") or {}
+        fa = u.get("flag_at_false_alarm_rate", {})
+        ft = u.get("flag_at_threshold", {})
+        lines += ["", f"Flag (score `{u.get('measure')}` above a threshold); worst cases = the "
+                  f"{int(100 * u.get('worst_fraction', 0.3))} % largest errors:", ""]
+        if cal:
+            lines.append(f"- threshold set on the {len(cal['scores'])} validation cases at a false-alarm rate of "
+                         f"{cal['false_alarm_rate']:g} (their scores {', '.join(f'{v:.3g}' for v in cal['scores'].values())}): "
+                         f"{cal['threshold']:.3g}; on the held-out cases it flags {len(u.get('flagged_cases', []))} of "
+                         f"{u['n_cases_with_score']}: " + "; ".join(
+                             f"{names[e]}: {f['caught']} of the {f['n_worst']} worst caught, {f['false_alarms']} false alarms"
+                             for e, f in ft.items() if "caught" in f))
+        if fa:
+            lines.append(f"- threshold set on the held-out cases themselves at a fixed false-alarm rate of "
+                         f"{u.get('false_alarm_rate'):g} among the non-worst cases (a ranking measure, not a "
+                         "deployable threshold): " + "; ".join(
+                             f"{names[e]}: {f['caught']} of {f['n_worst']} worst caught ({f['false_alarms']} false "
+                             f"alarms, threshold {f['threshold']:.3g})" for e, f in fa.items() if "caught" in f))
+        scored = sorted((c for c in rec["per_case"] if isinstance(c.get("uncertainty_score"), float)),
+                        key=lambda c: -c["uncertainty_score"])
+        if scored:
+            lines += ["", "Per case (sorted by score): " + "; ".join(
+                f"{c['case_id']} {c['uncertainty_score']:.3g} / {c.get('unc_image_std_hu', float('nan')):.1f} HU "
+                f"(Dice lumen {c.get('dice_lumen', float('nan')):.2f}, diam. MAE {c.get('diam_max_mae_mm', float('nan')):.1f} mm)"
+                for c in scored) + "."]
+    return lines
+
+
+def markdown(payload: dict, figure: str | None, notes: str, heading: str = "## AortaDiff (aortadiff_cect)",
+             uncertainty_figure: str | None = None) -> str:
     agg, records, setup = payload["aggregate"], payload["runs"], payload["setup"]
-    lines = ["## AortaDiff (aortadiff_cect)", ""]
+    lines = [heading, ""]
     lines.append(f"Command (last call): `{setup['command']}`. Seeds {setup['seeds']}; size `{setup['size']}`: "
                  f"{setup['data']}. Every model trained {setup['iterations']} iterations at batch "
                  f"{setup['batch_size']} ({setup['budget']}). Machine: {setup['machine']}. Wall time of all runs: "
@@ -385,15 +544,17 @@ def markdown(payload: dict, figure: str | None, notes: str) -> str:
                                         for v in vals))
             if any(c != "— / — / —" for c in cells):
                 lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
-    lines += ["", "Claims (difference AortaDiff - baseline, paired over cases and seeds, mean ± standard error):", ""]
-    for text, metric, row, base, sign, p_ours, p_base in CLAIMS:
+    claims = [c for c in CLAIMS if c[2] in agg and c[3] in agg]
+    if claims:
+        lines += ["", "Claims (difference AortaDiff - baseline, paired over cases and seeds, mean ± standard error):", ""]
+    for text, metric, row, base, sign, p_ours, p_base in claims:
         d = paired_difference(records, row, base, metric)
         measured = (f"{d['mean']:+.3g} ± {d['se']:.2g} (n = {d['n']}; {100 * d['mean'] / (p_ours - p_base):.0f} % of "
                     "the paper's difference)") if d else "not measured"
         lines.append(f"- {text}: paper {p_ours} vs {p_base} ({p_ours - p_base:+.3g}); here {measured}: "
                      f"**{verdict(d, sign, p_ours - p_base)}**.")
     sign_of = {"psnr_roi": 1, "dice_lumen": 1, "dice_thrombus": 1}
-    abl = [n for n in ROWS if ROWS[n].model not in ("aortadiff", "cdm", "seg_unet") and n in agg]
+    abl = [n for n in ROWS if ROWS[n].model not in ("aortadiff", "cdm", "seg_unet", "zero_lumen_labels") and n in agg]
     if abl and "aortadiff" in agg:
         lines += ["", "Ablations against AortaDiff with the same sampler (AortaDiff - ablation, paired over the "
                   "cases and seeds both have; the paper finds each part helps):", ""]
@@ -412,14 +573,15 @@ def markdown(payload: dict, figure: str | None, notes: str) -> str:
                   f"{np.mean(speed['aortadiff']):.0f} s, full RePaint {np.mean(speed['aortadiff_repaint']):.0f} s "
                   f"(ratio {np.mean(speed['aortadiff_repaint']) / np.mean(speed['aortadiff']):.1f}; seeds "
                   f"{sorted(both)}, loaded machine)."]
-    unc = [r["uncertainty"] for r in records if r["row"] == "aortadiff_mean3"]
-    if unc:
-        u = unc[0]
-        rho = u.get("spearman_dice_lumen_error")
-        lines += ["", "Uncertainty (mean of 3 samples, seed " + str(records[0]["seed"]) + "): " +
-                  (f"Spearman rho between the per-case uncertainty score and the lumen Dice error "
-                   f"{rho['rho']:.2f} (p = {rho['p']:.2f}, {u['n_cases_with_score']} cases)." if rho
-                   else str(u.get("spearman")))]
+    lines += zero_label_lines(records, agg, payload.get("pseudo_label_quality"))
+    lines += uncertainty_lines(records)
+    if uncertainty_figure:
+        lines += ["", f"![Uncertainty maps of held-out phantoms]({uncertainty_figure})", "",
+                  "Uncertainty maps written beside the outputs (`std_hu.nii.gz`, `mask_entropy.nii.gz`) of the "
+                  "held-out cases with the highest and the lowest score: real CECT with the reference lumen (red) "
+                  "and thrombus (yellow), the synthetic CECT (mean of the samples) with the predicted ones, the "
+                  "CECT std over the samples (HU) and the entropy of the samples' lumen / thrombus votes (bits), "
+                  "aorta outline in cyan; score = mean entropy inside the aorta."]
     if figure:
         lines += ["", f"![AortaDiff variants on held-out phantoms]({figure})", "",
                   "Rows: held-out cases (kind in the label); columns: NCCT, real CECT with the reference lumen "
@@ -429,6 +591,28 @@ def markdown(payload: dict, figure: str | None, notes: str) -> str:
     if notes:
         lines += ["", notes.strip()]
     return "\n".join(lines)
+
+
+def uncertainty_figure(records: list[dict], test_entries: list[dict], path: Path) -> Path | None:
+    """Uncertainty maps of the held-out cases with the highest and the lowest score, of the first row sampled
+    with num_samples > 1 (None when there is none)."""
+    from tools.aortadiff.plots import uncertainty_png
+
+    rec = next((r for r in records if (r.get("uncertainty") or {}).get("n_cases_with_score")), None)
+    if rec is None:
+        return None
+    scored = sorted((c for c in rec["per_case"] if isinstance(c.get("uncertainty_score"), float)),
+                    key=lambda c: -c["uncertainty_score"])
+    pick = [scored[0]["case_id"], scored[-1]["case_id"]] if len(scored) > 1 else [scored[0]["case_id"]]
+    by_id = {Path(str(e["case_id"])).name: e for e in test_entries}
+    entries = [by_id[c] for c in pick if c in by_id and by_id[c].get("lumen")]
+    if not entries:
+        return None
+    text = {c["case_id"]: f"score {c['uncertainty_score']:.3g}, Dice lumen {c.get('dice_lumen', float('nan')):.2f}"
+            for c in scored}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    uncertainty_png(entries, Path(rec["overrides"]["output_dir"]) / "predictions", path, text)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -445,6 +629,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--results_md", default=None, help="default docs/results.md (quick: <work_dir>/results.md)")
     p.add_argument("--notes", default=None, help="markdown file appended to the section (the reading of the results)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 helps on a shared machine)")
+    p.add_argument("--name", default="aortadiff", help="results.md section and stem of the JSON / figure files")
+    p.add_argument("--heading", default="## AortaDiff (aortadiff_cect)", help="first line of the section")
     return p.parse_args(argv)
 
 
@@ -456,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     size_name = "quick" if args.quick else args.size
     size = SIZES[size_name]
-    work = Path(args.work_dir or REPO / "runs" / "experiments" / f"aortadiff_{size_name}")
+    work = Path(args.work_dir or REPO / "runs" / "experiments" / f"aortadiff_{size_name}").resolve()  # datalist paths absolute
     results_dir = Path(args.results_dir or (work / "results_out" if args.quick else REPO / "docs" / "results"))
     results_md = Path(args.results_md or (work / "results.md" if args.quick else RESULTS_MD))
     rows = args.only or list(ROWS)
@@ -490,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         {(r["model"], r["seed"]): r["wall_time_s"]["train"] for r in records}.values()) / 60
     load1 = [x[0] for x in loads if x]
     machine = machine_info()
-    command = "python -m tools.experiments aortadiff " + " ".join(argv or [])
+    command = "python -m tools.experiments aortadiff " + shlex.join(argv or [])
     setup = {
         "command": command.strip(), "seeds": sorted({r["seed"] for r in records}), "size": size_name, "iterations": iterations,
         "batch_size": size["overrides"].get("batch_size", 16),
@@ -514,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from tools.aortadiff.plots import variant_grid_png
 
-        fig_path = results_dir / "aortadiff_samples.png"
+        fig_path = results_dir / f"{args.name}_samples.png"
         results_dir.mkdir(parents=True, exist_ok=True)
         variant_grid_png(records, json.loads(datalist.read_text())["test"], fig_path,
                          {n: r.label for n, r in ROWS.items()},
@@ -523,11 +709,18 @@ def main(argv: list[str] | None = None) -> int:
             else str(fig_path)
     except ValueError as e:
         logger.warning("sample figure skipped: %s", e)
+    test_entries = json.loads(datalist.read_text())["test"]
+    unc_figure = uncertainty_figure(records, test_entries, results_dir / f"{args.name}_uncertainty.png")
+    if unc_figure is not None:
+        unc_figure = str(unc_figure.relative_to(results_md.parent)) if unc_figure.is_relative_to(results_md.parent) \
+            else str(unc_figure)
     payload = {"paper": "AortaDiff (arXiv 2510.01498)", "setup": setup, "paper_figures": PAPER,
                "aggregate": aggregate(records), "runs": records}
-    write_json(results_dir / "aortadiff.json", payload)
+    if any(r["model"] == "zero_lumen_labels" for r in records):
+        payload["pseudo_label_quality"] = pseudo_label_quality(test_entries)
+    write_json(results_dir / f"{args.name}.json", payload)
     notes = Path(args.notes).read_text() if args.notes else ""
-    write_section("aortadiff", markdown(payload, figure, notes), results_md)
-    logger.info("AortaDiff comparison written to %s and %s (%.1f s this call)", results_dir / "aortadiff.json",
+    write_section(args.name, markdown(payload, figure, notes, args.heading, unc_figure), results_md)
+    logger.info("AortaDiff comparison written to %s and %s (%.1f s this call)", results_dir / f"{args.name}.json",
                 results_md, time.perf_counter() - t0)
     return 0

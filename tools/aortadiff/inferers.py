@@ -13,10 +13,11 @@ schedule math is in :mod:`tools.diffusion.schedule`.
 
 Inputs of both inferers (``inferer(inputs, network)``): ``(B, 2, H, W)`` slices or ``(B, 2, H, W, D)``
 volumes (axial slices along the last axis), channel 0 the NCCT windowed to [-1, 1], channel 1 the ROI
-mask in {0, 1}. Output: ``(B, 3, ...)`` = synthetic CECT in [-1, 1] (mean over ``num_samples``), lumen
-SDF from the mask head at the last model call (mean; +1 where the network has no mask head), and the
-per-pixel standard deviation of the image over ``num_samples`` (0 when ``num_samples == 1``).
-Volume slices without ROI are not sampled (image = NCCT, SDF = +1).
+mask in {0, 1}. Output: ``(B, 4, ...)`` = synthetic CECT in [-1, 1] (mean over ``num_samples``), lumen
+SDF from the mask head at the last model call (mean; +1 where the network has no mask head), the
+per-pixel standard deviation of the image over ``num_samples`` (0 when ``num_samples == 1``) and the
+lumen vote: the fraction of the samples whose SDF is < 0 (:mod:`tools.aortadiff.uncertainty`).
+Volume slices without ROI are not sampled (image = NCCT, SDF = +1, std and vote 0).
 
 Network calls: a batch of ``slice_batch_size`` slices goes through the network together with all its
 ``num_samples`` samples (network batch = slices x samples), so a volume costs
@@ -45,6 +46,10 @@ from tools.diffusion.schedule import (
     spaced_timesteps,
     x0_from_output,
 )
+
+
+#: output channels of the inferers: image, lumen SDF, image std, lumen vote
+OUT_CHANNELS = 4
 
 
 def repaint_schedule(num_steps: int, jump_length: int = 10, jump_n_sample: int = 2) -> list[int]:
@@ -191,14 +196,14 @@ class _AortaFusionSampler(Inferer):
         if inputs.ndim == 5:  # volume: batch of axial slices with ROI
             b, c, h, w, d = inputs.shape
             slices = inputs.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)
-            out = torch.empty((b * d, 3, h, w), dtype=inputs.dtype, device=inputs.device)
+            out = torch.empty((b * d, OUT_CHANNELS, h, w), dtype=inputs.dtype, device=inputs.device)
             out[:, 0] = slices[:, 0]
             out[:, 1] = 1.0
-            out[:, 2] = 0.0
+            out[:, 2:] = 0.0
             todo = torch.nonzero((slices[:, 1] > 0.5).flatten(1).any(1)).flatten()
             if len(todo):
                 out[todo] = self._run_2d(slices[todo], network, callback)
-            return out.reshape(b, d, 3, h, w).permute(0, 2, 3, 4, 1)
+            return out.reshape(b, d, OUT_CHANNELS, h, w).permute(0, 2, 3, 4, 1)
         return self._run_2d(inputs, network, callback)
 
     def _run_2d(self, inputs: torch.Tensor, network: Callable, callback: Callable | None) -> torch.Tensor:
@@ -215,7 +220,7 @@ class _AortaFusionSampler(Inferer):
             generator = torch.Generator(device=inputs.device).manual_seed(int(self.seed))
         calls = count_denoising_calls(self.schedule())
         bs = max(1, self.slice_batch_size)
-        result = torch.empty((n, 3, h, w), dtype=inputs.dtype, device=inputs.device)
+        result = torch.empty((n, OUT_CHANNELS, h, w), dtype=inputs.dtype, device=inputs.device)
         slice_bar = tqdm(total=n, desc="slices", unit="slice", disable=not self.progress)
         s = self.num_samples
         for start in range(0, n, bs):
@@ -229,13 +234,14 @@ class _AortaFusionSampler(Inferer):
             img, sdf = img.reshape(s, m, *img.shape[1:]), sdf.reshape(s, m, *sdf.shape[1:])
             mean = img.mean(0)
             std = img.std(0, unbiased=False) if s > 1 else torch.zeros_like(mean)
-            block = torch.cat([mean, sdf.mean(0), std], dim=1)
+            vote = (sdf < 0).to(mean.dtype).mean(0)  # lumen vote of the samples
+            block = torch.cat([mean, sdf.mean(0), std, vote], dim=1)
             if (h, w) != tuple(size):
                 block = F.interpolate(block, size=(h, w), mode="bilinear", align_corners=False)
                 # outside the ROI the fusion is exact on the input grid (no resampling blur)
                 keep = roi[sl] > 0.5
                 block[:, :1] = torch.where(keep, block[:, :1], ncct[sl])
-                block[:, 2:3] = torch.where(keep, block[:, 2:3], torch.zeros_like(block[:, 2:3]))
+                block[:, 2:] = torch.where(keep, block[:, 2:], torch.zeros_like(block[:, 2:]))
             result[sl] = block
             slice_bar.update(sl.stop - sl.start)
         slice_bar.close()

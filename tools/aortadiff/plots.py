@@ -122,3 +122,61 @@ def variant_grid_png(records: Sequence[dict], test_entries: Sequence[dict], path
     fig.tight_layout()
     fig.savefig(str(path), dpi=110)
     plt.close(fig)
+
+
+def uncertainty_png(entries: Sequence[dict], prediction_dir: str | Path, path: str | Path, scores: dict | None = None,
+                    window: tuple[float, float] = (-200.0, 600.0), crop_mm: float = 90.0) -> None:
+    """Uncertainty maps of a few held-out cases (one row each; slice with the most thrombus, cropped to
+    ``crop_mm`` around the aorta): real CECT with reference lumen (red) / thrombus (yellow) | synthetic CECT
+    (mean of the samples) with the predicted ones | CECT std over the samples (HU) | entropy of the lumen /
+    thrombus votes (bits), read from ``prediction_dir/<case_id>/``. ``scores``: case id -> text for the row label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    if not entries:
+        raise ValueError("uncertainty_png: no case to show")
+
+    def vol(p):
+        return np.asarray(nib.load(str(p)).dataobj)
+
+    fig, axes = plt.subplots(len(entries), 4, figsize=(8.4, 2.1 * len(entries)), squeeze=False)
+    for r, e in enumerate(entries):
+        cid = Path(str(e["case_id"])).name
+        pdir = Path(prediction_dir) / cid
+        aorta, lumen = vol(e["aorta"]) > 0, vol(e["lumen"]) > 0
+        k = int(np.argmax((aorta & ~lumen).sum((0, 1))))
+        spacing = nib.load(str(e["aorta"])).header.get_zooms()[:2]
+        ii, jj = np.nonzero(aorta[:, :, k])
+        half = [max(4, int(crop_mm / 2 / s)) for s in spacing]
+        ci, cj = int(ii.mean()), int(jj.mean())
+        box = (slice(max(0, ci - half[0]), ci + half[0]), slice(max(0, cj - half[1]), cj + half[1]), k)
+        p_l, p_t = vol(pdir / "lumen.nii.gz") > 0, vol(pdir / "thrombus.nii.gz") > 0
+        std, ent = vol(pdir / "std_hu.nii.gz"), vol(pdir / "mask_entropy.nii.gz")
+        panels = [("real CECT + reference", vol(e["cect"]), (lumen, aorta & ~lumen)),
+                  ("synthetic CECT (mean) + predicted", vol(pdir / "synthetic_cect.nii.gz"), (p_l, p_t)),
+                  ("CECT std over samples (HU)", std, None), ("lumen/thrombus vote entropy (bits)", ent, None)]
+        for c, (title, img, masks) in enumerate(panels):
+            ax = axes[r, c]
+            if masks is None:
+                vmax = 1.0 if c == 3 else max(1e-6, float(np.percentile(std[aorta], 99)))
+                im = ax.imshow(np.rot90(img[box]), cmap="magma", vmin=0, vmax=vmax)
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+                ax.contour(np.rot90(aorta[box]).astype(float), levels=[0.5], colors="cyan", linewidths=0.6)
+            else:
+                ax.imshow(np.rot90(img[box]), cmap="gray", vmin=window[0], vmax=window[1])
+                for m, color in ((masks[1], "yellow"), (masks[0], "red")):
+                    sl = np.rot90(m[box]).astype(float)
+                    if sl.any():
+                        ax.contour(sl, levels=[0.5], colors=color, linewidths=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=7)
+        label = f"{cid}\n{e.get('kind', 'regular')}" + (f"\n{scores[cid]}" if scores and cid in scores else "")
+        axes[r, 0].set_ylabel(label, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+    plt.close(fig)

@@ -2,9 +2,12 @@
 
 Per case, in ``output_dir/<case_id>/``: ``synthetic_cect.nii.gz`` (HU, float32), ``lumen.nii.gz``,
 ``thrombus.nii.gz``, ``label.nii.gz`` (0 background, 1 lumen, 2 thrombus; uint8), ``preview.png``
-(NCCT | synthetic CECT | masks of a few slices), and with ``num_samples > 1`` ``std_hu.nii.gz`` (per-voxel
-standard deviation of the samples, HU) and ``uncertainty.json`` (``uncertainty_score`` = mean std in HU
-inside the aorta). Every NIfTI gets the affine (and s/qform codes) of the input NCCT file; shapes are
+(NCCT | synthetic CECT | masks of a few slices), and with ``num_samples > 1`` the uncertainty maps
+(:mod:`tools.aortadiff.uncertainty`): ``std_hu.nii.gz`` (per-voxel standard deviation of the samples' CECT,
+HU), ``lumen_vote.nii.gz`` (fraction of samples voting lumen), ``mask_entropy.nii.gz`` (entropy of the
+lumen / thrombus votes, bits) and ``uncertainty.json`` (per-case ``image_std_hu`` and ``mask_entropy``, the
+``uncertainty_score`` of the chosen ``uncertainty_measure`` and, given ``uncertainty_threshold``,
+``low_confidence``: score above the threshold; a flagged case is also logged as a warning). Every NIfTI gets the affine (and s/qform codes) of the input NCCT file; shapes are
 checked against it. Existing files are never replaced unless ``overwrite``. A case is written into a
 temporary folder next to its final one and then moved in by renames, so a failure or a kill never leaves a
 half-written case folder.
@@ -26,13 +29,18 @@ import torch
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
+from tools.aortadiff.uncertainty import MEASURES
 from tools.engines.output_guard import refuse_overwrite
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = {"synthetic_cect": np.float32, "lumen": np.uint8, "thrombus": np.uint8, "pred": np.uint8, "std_hu": np.float32}
+OUTPUTS = {"synthetic_cect": np.float32, "lumen": np.uint8, "thrombus": np.uint8, "pred": np.uint8, "std_hu": np.float32,
+           "lumen_vote": np.float32, "mask_entropy": np.float32}
 FILE_NAMES = {"synthetic_cect": "synthetic_cect.nii.gz", "lumen": "lumen.nii.gz", "thrombus": "thrombus.nii.gz",
-              "pred": "label.nii.gz", "std_hu": "std_hu.nii.gz"}
+              "pred": "label.nii.gz", "std_hu": "std_hu.nii.gz", "lumen_vote": "lumen_vote.nii.gz",
+              "mask_entropy": "mask_entropy.nii.gz"}
+#: written only with num_samples > 1
+UNCERTAINTY_MAPS = ("std_hu", "lumen_vote", "mask_entropy")
 
 
 def case_outputs(output_dir: str | Path, case_id: str, num_samples: int = 1, preview: bool = True) -> list[Path]:
@@ -40,7 +48,7 @@ def case_outputs(output_dir: str | Path, case_id: str, num_samples: int = 1, pre
     out = Path(output_dir) / Path(str(case_id)).name
     names = [FILE_NAMES[k] for k in ("synthetic_cect", "lumen", "thrombus", "pred")]
     if num_samples > 1:
-        names += [FILE_NAMES["std_hu"], "uncertainty.json"]
+        names += [FILE_NAMES[k] for k in UNCERTAINTY_MAPS] + ["uncertainty.json"]
     if preview:
         names.append("preview.png")
     return [out / n for n in names]
@@ -122,13 +130,16 @@ class WriteAortaDiffOutputsd(MapTransform):
     Args:
         output_dir: root folder; one sub-folder per ``case_key``.
         ref_key: key holding the input NCCT file path (its affine is copied).
-        num_samples: > 1 also writes the std map and ``uncertainty.json``.
+        num_samples: > 1 also writes the uncertainty maps and ``uncertainty.json``.
         overwrite: replace existing outputs.
+        uncertainty_measure: the per-case score (:data:`tools.aortadiff.uncertainty.MEASURES`).
+        uncertainty_threshold: flag ``low_confidence`` above it (None: no flag).
     """
 
     def __init__(self, output_dir: str, ref_key: str = "ncct_path", case_key: str = "case_id",
                  num_samples: int = 1,
-                 window: tuple[float, float] = (-200.0, 600.0), overwrite: bool = False, preview: bool = True) -> None:
+                 window: tuple[float, float] = (-200.0, 600.0), overwrite: bool = False, preview: bool = True,
+                 uncertainty_measure: str = "mask_entropy", uncertainty_threshold: float | None = None) -> None:
         super().__init__(list(OUTPUTS), allow_missing_keys=True)
         self.output_dir = Path(output_dir)
         self.ref_key, self.case_key = ref_key, case_key
@@ -136,6 +147,10 @@ class WriteAortaDiffOutputsd(MapTransform):
         self.window = (float(window[0]), float(window[1]))
         self.overwrite = overwrite
         self.preview = preview
+        if uncertainty_measure not in MEASURES:
+            raise ValueError(f"uncertainty_measure must be one of {sorted(MEASURES)}, got {uncertainty_measure!r}")
+        self.measure = uncertainty_measure
+        self.threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
@@ -150,7 +165,7 @@ class WriteAortaDiffOutputsd(MapTransform):
         case = d.get(self.case_key, Path(str(ref_path)).name.split(".")[0])
         case = case[0] if isinstance(case, (list, tuple)) else str(case)
         out = self.output_dir / case
-        keys = [k for k in OUTPUTS if k in d and (k != "std_hu" or self.num_samples > 1)]
+        keys = [k for k in OUTPUTS if k in d and (k not in UNCERTAINTY_MAPS or self.num_samples > 1)]
         targets = [out / FILE_NAMES[k] for k in keys] + [out / "preview.png"]
         if "std_hu" in keys:
             targets.append(out / "uncertainty.json")
@@ -174,11 +189,18 @@ class WriteAortaDiffOutputsd(MapTransform):
         for k in keys:
             save_like(arrays[k], ref, out / FILE_NAMES[k], OUTPUTS[k])
         if self.num_samples > 1 and "std_hu" in arrays:
-            score = d.get("uncertainty_score")
-            score = float(score) if score is not None else float(arrays["std_hu"].mean())
-            (out / "uncertainty.json").write_text(json.dumps(
-                {"case_id": case, "uncertainty_score": score, "definition": "mean per-voxel std (HU) inside the aorta",
-                 "num_samples": self.num_samples}, indent=1))
+            image = d.get("uncertainty_score")
+            scores = {"image_std_hu": float(image) if image is not None else float(arrays["std_hu"].mean()),
+                      "mask_entropy": float(d.get("mask_uncertainty_score") or 0.0)}
+            record = {"case_id": case, **scores, "uncertainty_measure": self.measure,
+                      "uncertainty_score": scores[self.measure], "definition": MEASURES[self.measure],
+                      "num_samples": self.num_samples, "uncertainty_threshold": self.threshold}
+            if self.threshold is not None:
+                record["low_confidence"] = scores[self.measure] > self.threshold
+                if record["low_confidence"]:
+                    logger.warning("case %s: low confidence (%s %.4g > threshold %.4g): check its outputs", case,
+                                   self.measure, scores[self.measure], self.threshold)
+            (out / "uncertainty.json").write_text(json.dumps(record, indent=1))
         if self.preview:
             ncct = np.asarray(ref.dataobj, dtype=np.float32) if ref.ndim == 3 else arrays["synthetic_cect"]
             preview_png(ncct, arrays["synthetic_cect"], arrays.get("lumen", np.zeros(ncct.shape)),
