@@ -214,7 +214,9 @@ def test_deltas_sample_with_the_one_sampler_definition():
     """evaluate.json and augment.json use train.json's sampler_def with their own sampler / step count."""
     base = _parser(["train.json"], {})
     sampler = base.get_parsed_content("sampler_def")
-    assert (sampler.sampler, len(sampler.timesteps), sampler.seed) == ("ddpm", 1000, 0)
+    assert (sampler.sampler, len(sampler.timesteps), sampler.seed) == ("ddim", 5, 0)
+    paper = _parser(["train.json", "evaluate.json", "paper_sampler.json"], {}).get_parsed_content("sampler_def")
+    assert (paper.sampler, len(paper.timesteps)) == ("ddpm", 1000)
     ev = _parser(["train.json", "evaluate.json"], {"eval_sampler": "ddim", "eval_num_inference_steps": 3, "seed": 5})
     assert ev["evaluation"]["runner"]["sampler"] == "@sampler_def"
     sampler = ev.get_parsed_content("sampler_def")

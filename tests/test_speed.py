@@ -138,6 +138,50 @@ def test_bench_quick_json_counts_the_default_calls():
     t = result["aortadiff_cect"]["training"]
     assert t["bundle_img_per_s"] > 0 and t["bare_img_per_s"] > 0
     assert t["bundle_over_bare_step"] == pytest.approx(t["bare_img_per_s"] / t["bundle_img_per_s"])
+    # abdomen: sampler settings through the bundle's sampler_def on the held-out slices (one network batch)
+    ab = result["abdomen_semantic_synthesis"]
+    assert ab["paper_sampler_calls_per_100_slice_volume"] == math.ceil(100 / b["slice_batch_size"]) * 1000
+    for r in ab["samplers"]:
+        assert r["eval_calls"] == r["num_inference_steps"]
+        assert r["calls_per_100_slice_volume"] == math.ceil(100 / b["slice_batch_size"]) * r["num_inference_steps"]
+        assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1
+    assert ab["fastest_within_tolerance"] in {r["setting"] for r in ab["samplers"]}
+
+
+def test_abdomen_segmenter_dice_by_hand():
+    from tools.bench.abdomen import segmenter_dice
+
+    # 2 slices of 4 x 4, classes: 0 background, 1-2 organs, 3 body (counts as background for the segmenter)
+    lab = torch.zeros(2, 4, 4, dtype=torch.long)
+    lab[0, :2, :2] = 1  # organ 1 in slice 0 only (4 px)
+    lab[1, 2:, 2:] = 2  # organ 2 in slice 1 only (4 px)
+    lab[0, 2:, :] = 3   # body
+    onehot = torch.nn.functional.one_hot(lab, 4).permute(0, 3, 1, 2).float()
+
+    class Seg(torch.nn.Module):  # 3 output channels: background + 2 organs; predicts organ 1 on the top-left 2 x 4
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 3, 4, 4)
+            out[:, 0] = 1.0
+            out[:, 1, :2, :] = 2.0
+            return out
+
+    # slice 0, organ 1: 4 px true, 8 predicted, 4 overlap -> 2 * 4 / 12; organ 2 (slice 1): none predicted -> 0
+    assert segmenter_dice(Seg(), torch.zeros(2, 1, 4, 4), onehot) == pytest.approx((8 / 12 + 0.0) / 2)
+
+
+def test_abdomen_fastest_setting_within_tolerance():
+    from tools.bench.abdomen import choose_fastest
+
+    rows = [{"setting": "paper", "psnr": 20.0, "dice": 0.80, "calls_per_100_slice_volume": 13000},
+            {"setting": "a", "psnr": 19.6, "dice": 0.795, "calls_per_100_slice_volume": 650},
+            {"setting": "b", "psnr": 19.4, "dice": 0.85, "calls_per_100_slice_volume": 26},  # PSNR 0.6 dB below
+            {"setting": "c", "psnr": 21.0, "dice": 0.785, "calls_per_100_slice_volume": 13},  # Dice 0.015 below
+            {"setting": "real", "psnr": float("inf"), "dice": 0.9, "calls_per_100_slice_volume": 0,
+             "reference_only": True}]
+    assert choose_fastest(rows, "paper")["setting"] == "a"
+    assert choose_fastest(rows, "missing") is None
+    nan_ref = [dict(r, dice=float("nan")) for r in rows]  # no segmenter: PSNR alone decides
+    assert choose_fastest(nan_ref, "paper")["setting"] == "c"
 
 
 def test_progress_bar_reads_the_loss_every_n_iterations_only():

@@ -69,10 +69,10 @@ def aortadiff_volume_calls(overrides: Mapping[str, Any] | None = None, slices: i
             "mask_head_calls": sum(1 for k in net.kwargs if not k.get("image_only", False))}
 
 
-def abdomen_volume_calls(overrides: Mapping[str, Any] | None = None, slices: int = 100,
-                         image_size: int = 8) -> dict[str, Any]:
+def abdomen_volume_calls(overrides: Mapping[str, Any] | None = None, slices: int = 100, image_size: int = 8,
+                         config_files: Sequence[str] = ("inference.json",)) -> dict[str, Any]:
     """Calls of the abdomen bundle's ``inferer`` for one label volume of ``slices`` labelled slices."""
-    parser = bundle_parser("abdomen_semantic_synthesis", ["inference.json"],
+    parser = bundle_parser("abdomen_semantic_synthesis", config_files,
                            {"image_size": image_size, "inferer#progress": False, "sampler_def#progress": False,
                             "device": "$torch.device('cpu')", **(overrides or {})})
     inferer = parser.get_parsed_content("inferer")
