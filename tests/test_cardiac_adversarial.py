@@ -121,7 +121,8 @@ def test_adversarial_step_updates_discriminator_and_adds_generator_term():
     diff1 = torch.cat([(a - b).flatten() for a, b in zip(run1["grads"], plain["grads"])])
     diff2 = torch.cat([(a - b).flatten() for a, b in zip(run2["grads"], plain["grads"])])
     assert diff1.abs().max() > 1e-6
-    torch.testing.assert_close(diff2, 2.0 * diff1, rtol=1e-3, atol=1e-7)
+    # float32 rounding of the gradients differs with the thread count: tolerate it relative to the largest change
+    torch.testing.assert_close(diff2, 2.0 * diff1, rtol=1e-3, atol=1e-3 * float(diff1.abs().max()))
 
 
 def test_discriminator_sees_the_image_channel_only():
