@@ -259,12 +259,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="SSL pretraining on real + generated images (default: generated only, as the paper)")
     p.add_argument("--work_dir", default=None, help="runs and checkpoints (default runs/experiments/cardiac_<size>)")
     p.add_argument("--data_dir", default="cache/phantoms", help="phantom cache folder")
-    p.add_argument("--results_dir", default=str(REPO / "docs" / "results"))
-    p.add_argument("--results_md", default=str(REPO / "docs" / "results.md"))
+    p.add_argument("--results_dir", default=None, help="default docs/results (--quick: <work_dir>/results)")
+    p.add_argument("--results_md", default=None, help="default docs/results.md (--quick: <work_dir>/results.md)")
     p.add_argument("--notes", default="", help="text added to the results section (what the figures show)")
     args = p.parse_args(argv)
     if args.work_dir is None:
         args.work_dir = f"runs/experiments/cardiac_{'quick' if args.quick else args.size}"
+    if args.results_dir is None:
+        args.results_dir = str(Path(args.work_dir) / "results") if args.quick else str(REPO / "docs" / "results")
+    if args.results_md is None:
+        args.results_md = str(Path(args.work_dir) / "results.md") if args.quick else str(REPO / "docs" / "results.md")
     shown = [a for i, a in enumerate(argv) if a != "--notes" and (i == 0 or argv[i - 1] != "--notes")]
     args.command = "python -m tools.experiments cardiac " + " ".join(shown)
     return args

@@ -40,6 +40,7 @@ class BundleSegmenter:
         parser = ConfigParser()
         parser.read_config([str(f) for f in config_files])
         parser.update({**overrides, "run_missing_stages": False})
+        self.datalist = parser.get_parsed_content("datalist")
         self.preprocessing = parser.get_parsed_content("validate#preprocessing")
         self.inferer = parser.get_parsed_content("validate#inferer")
         self.network = parser.get_parsed_content("network_def").cpu().eval()
