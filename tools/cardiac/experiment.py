@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -144,8 +145,35 @@ class Experiment:
     def _finish(self, step: str, record: dict) -> dict:
         record = {"step": step, **record, "machine": machine_info()}
         write_json(self.work / step / "result.json", record)
+        (self.work / step / "running.pid").unlink(missing_ok=True)
         self.report()
         return record
+
+    def _claim(self, step: str) -> bool:
+        """Mark ``step`` as run by this process; False while another live process runs it.
+
+        Two processes may share one ``work_dir`` (e.g. ``--seeds 0 1`` and ``--seeds 1 0`` on two cores): each
+        step runs once, the generative steps are waited for, a fine-tuning run by the other process is skipped.
+        """
+        f = self.work / step / "running.pid"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        if f.is_file():
+            try:
+                pid = int(f.read_text().strip())
+                if pid != os.getpid():
+                    os.kill(pid, 0)  # raises when that process is gone
+                    return False
+            except (ValueError, ProcessLookupError, PermissionError):
+                pass
+        f.write_text(str(os.getpid()))
+        return True
+
+    def _wait_for(self, step: str) -> dict:
+        while not self._done(step):
+            if self._claim(step):
+                return {}
+            time.sleep(15)
+        return self._done(step)
 
     def _configs(self, stage: str, *deltas: str) -> list[str]:
         return ["common.json", stage, *self.size["deltas"], *deltas]
@@ -158,10 +186,9 @@ class Experiment:
         return {"overwrite": not (prefix and state_files(ckpt_dir, prefix)), "resume": "auto"}
 
     def _stage(self, step: str, run_id: str, stage_cfg: str, deltas=(), prefix: str | None = None, **keys) -> dict:
-        done = self._done(step)
+        done = self._done(step) or self._wait_for(step)
         if done:
             return done
-        (self.work / step).mkdir(parents=True, exist_ok=True)
         configs = self._configs(stage_cfg, *deltas)
         overrides = {**self.common, "seed": 0, **keys, **self._continue_or_overwrite(self.common["ckpt_dir"], prefix)}
         t0 = time.time()
@@ -184,10 +211,9 @@ class Experiment:
     def method(self, method: str, seed: int) -> dict:
         step = f"{method}_seed{seed}"
         done = self._done(step)
-        if done:
+        if done or not self._claim(step):
             return done
         d = self.work / step
-        d.mkdir(parents=True, exist_ok=True)
         keys = {**self.common, "seed": seed, "ckpt_dir": str(d / "models"), "output_dir": str(d / "runs"),
                 "synthetic_dir": str(self.gen_dir / "runs" / "synthetic"), "run_missing_stages": False,
                 "epochs": self.epochs["finetune"], "patience": max(10, self.epochs["finetune"]),
@@ -210,7 +236,7 @@ class Experiment:
     def pair_quality(self) -> dict:
         step = "pair_quality"
         done = self._done(step)
-        if done:
+        if done or not self._claim(step):
             return done
         from tools.cardiac.pair_quality import BundleSegmenter, pair_agreement
         from tools.data.datalist import load_datalist

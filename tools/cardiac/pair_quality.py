@@ -49,12 +49,44 @@ class BundleSegmenter:
         self.network.load_state_dict(load_checkpoint(checkpoint, key="model", accept_state_dict=True))
 
     @torch.no_grad()
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Label map predicted on a model-grid image in [0, 1] (H, W, D)."""
+        img = torch.as_tensor(image, dtype=torch.float32)[None, None]
+        return self.inferer(img, self.network).argmax(1)[0].numpy().astype(np.int64)
+
+    @torch.no_grad()
     def __call__(self, entry: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image [0, 1], label, prediction) of one datalist entry on the model grid, each (H, W, D)."""
         d = self.preprocessing(dict(entry))
         img = torch.as_tensor(d["image"])[None].float()
         pred = self.inferer(img, self.network).argmax(1)[0]
         return img[0, 0].numpy(), np.asarray(d["label"])[0].astype(np.int64), pred.numpy().astype(np.int64)
+
+
+class BundleAutoencoder:
+    """The trained joint VAE of stage 1: ``(image, label) -> (reconstructed image, reconstructed label)``."""
+
+    def __init__(self, config_files: Sequence[str], checkpoint: str | Path, **overrides) -> None:
+        from monai.bundle import ConfigParser
+
+        from tools.engines.checkpoint_io import load_checkpoint
+
+        parser = ConfigParser()
+        parser.read_config([str(f) for f in config_files])
+        parser.update(overrides)
+        self.num_classes = int(parser.get_parsed_content("num_classes"))
+        self.network = parser.get_parsed_content("autoencoder_def").cpu().eval()
+        self.network.load_state_dict(load_checkpoint(checkpoint, key="model"))
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from tools.cardiac.joint_vae import reconstruct_from_mean
+
+        img = torch.as_tensor(image, dtype=torch.float32)[None, None]
+        onehot = torch.nn.functional.one_hot(torch.as_tensor(label).long(), self.num_classes)
+        joint = torch.cat([img, onehot.permute(3, 0, 1, 2)[None].float()], 1)
+        out = reconstruct_from_mean(joint, self.network)
+        return out[0, 0].numpy(), out[0, 1:].argmax(0).numpy()
 
 
 def pair_agreement(segmenter: BundleSegmenter, entries: Sequence[dict]) -> dict:
@@ -106,26 +138,34 @@ def _legend(fig) -> None:
 
 
 def pairs_figure(segmenter: BundleSegmenter, synthetic: Sequence[dict], real: dict, out: str | Path,
-                 n: int = 4) -> Path:
-    """Rows: a real training case, then ``n`` generated pairs; columns: image, its label, the segmenter's prediction."""
+                 n: int = 4, autoencoder: BundleAutoencoder | None = None) -> Path:
+    """Columns: a real training case (and its VAE reconstruction), then ``n`` generated pairs; rows: image, its
+    label, the segmenter's prediction on the image."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("real", real)] + [(str(e.get("case_id", f"generated {i}")), e) for i, e in enumerate(synthetic[:n])]
+    rows = [("real", real)] + (["vae"] if autoencoder is not None else [])
+    rows += [(str(e.get("case_id", f"generated {i}")), e) for i, e in enumerate(synthetic[:n])]
     fig, axes = plt.subplots(3, len(rows), figsize=(2.0 * len(rows), 6.6))
     axes = np.asarray(axes).reshape(3, len(rows))
-    for j, (name, entry) in enumerate(rows):
-        img, lab, pred = segmenter(entry)
+    real_volumes = segmenter(real)
+    for j, row in enumerate(rows):
+        if row == "vae":  # the real case through the VAE (encode to the mean latent, decode), its own prediction
+            img, lab = autoencoder(real_volumes[0], real_volumes[1])
+            name, pred = "VAE recon.", segmenter.predict(img)
+        else:
+            name, entry = row
+            img, lab, pred = segmenter(entry)
         k = _heart_slice(lab)
         dice = np.nanmean(per_structure_dice(pred, lab))
         _show(axes[0, j], img[:, :, k], None, f"{name}: image")
         _show(axes[1, j], img[:, :, k], lab[:, :, k], "its label")
         _show(axes[2, j], img[:, :, k], pred[:, :, k], f"segmenter (Dice {dice:.2f})")
     _legend(fig)
-    fig.suptitle("Generated image + label pairs (columns 2-): image, generated label, real-data segmenter on the image",
-                 fontsize=9)
+    fig.suptitle("Real case, its VAE reconstruction, generated pairs: image, (generated) label, real-data segmenter on "
+                 "the image", fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -142,7 +142,7 @@ def write_results(exp, records: list[dict]) -> None:
 def make_figures(exp, steps: dict, results_dir: Path, configs_dir: Path) -> list[tuple[str, str]]:
     """Generated pairs with the real-data segmenter's prediction; one test case segmented by each method (seed 0)."""
     from tools.cardiac.experiment import LABELS
-    from tools.cardiac.pair_quality import BundleSegmenter, pairs_figure, segmentations_figure
+    from tools.cardiac.pair_quality import BundleAutoencoder, BundleSegmenter, pairs_figure, segmentations_figure
     from tools.data.datalist import load_datalist
 
     seed = exp.args.seeds[0]
@@ -161,9 +161,16 @@ def make_figures(exp, steps: dict, results_dir: Path, configs_dir: Path) -> list
         str(exp.gen_dir / "runs" / "synthetic" / "datalist.json"), "training", required_keys=["image", "label"])]
     real = load_datalist(datalist, "training", required_keys=["image", "label"])[0]
     test = load_datalist(datalist, "test", required_keys=["image", "label"])[0]
-    pairs_figure(segs["scratch"], synth, real, results_dir / "cardiac_pairs.png", n=5)
+    vae = None
+    ae_rec = steps.get("autoencoder")
+    if ae_rec:
+        vae = BundleAutoencoder([configs_dir / c for c in ae_rec["configs"]],
+                                Path(ae_rec["overrides"]["ckpt_dir"]) / "autoencoder.pt",
+                                **{k: v for k, v in ae_rec["overrides"].items() if "#" not in k})
+    pairs_figure(segs["scratch"], synth, real, results_dir / "cardiac_pairs.png", n=5, autoencoder=vae)
     segmentations_figure(segs, test, results_dir / "cardiac_segmentations.png")
     del rec
-    return [("cardiac_pairs.png", f"A real training phantom (left) and five generated pairs: image, generated label, "
-                                  f"prediction of the real-data segmenter (scratch, seed {seed}) on the image"),
+    return [("cardiac_pairs.png", f"A real training phantom, its reconstruction by the joint VAE, and five generated "
+                                  f"pairs: image, (generated) label, prediction of the real-data segmenter (scratch, "
+                                  f"seed {seed}) on the image"),
             ("cardiac_segmentations.png", f"A test phantom segmented by each method (seed {seed}; mean Dice in brackets)")]
