@@ -147,3 +147,21 @@ def test_quick_experiment_writes_results_and_skips_finished_steps(tmp_path):
     before = (work / "ours_seed0" / "result.json").stat().st_mtime
     assert main(argv) == 0
     assert (work / "ours_seed0" / "result.json").stat().st_mtime == before
+
+
+def test_a_step_is_claimed_once_by_live_processes(tmp_path):
+    import os
+    import subprocess
+
+    from tools.cardiac.experiment import Experiment, parse_args
+
+    exp = Experiment(parse_args(["--quick", "--work_dir", str(tmp_path / "work")]))
+    assert exp._claim("ssl")  # free: ours
+    assert exp._claim("ssl")  # ours already
+    (tmp_path / "work" / "ssl" / "running.pid").write_text(str(os.getppid()))  # another live process
+    assert not exp._claim("ssl")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / "work" / "ssl" / "running.pid").write_text(str(gone.pid))  # a process that has ended
+    assert exp._claim("ssl")
+    assert (tmp_path / "work" / "ssl" / "running.pid").read_text() == str(os.getpid())
