@@ -130,7 +130,7 @@ def write_results(exp, records: list[dict]) -> None:
         lines += [f"![{caption}](results/{f})", "", f"*{caption}*", ""]
     wall = sum(float(v if not isinstance(v, dict) else sum(v.values())) for v in payload["wall_time_s"].values())
     loads = [r["machine"].get("load_average_1_5_15") for r in records if r.get("machine")]
-    lines += [f"Wall time of the finished steps: {wall / 60:.1f} min on {records[0]['machine']['cpu'] if records else '-'}"
+    lines += [f"Sum of the wall times of the finished steps: {wall / 60:.1f} min on {records[0]['machine']['cpu'] if records else '-'}"
               f" ({records[0]['machine']['cores'] if records else '-'} cores, shared), 1-minute load average "
               f"{min(x[0] for x in loads) if loads else '-'}..{max(x[0] for x in loads) if loads else '-'} "
               "while the steps finished."]
