@@ -37,7 +37,7 @@ STAGES = {
     "vae": (["train_autoencoder.json"], {}),
     "vae_adversarial": (["train_autoencoder.json", "autoencoder_adversarial.json"], {}),
     "ldm": (["train_ldm.json"], {}),
-    "ssl": (["pretrain_ssl.json"], {"ssl_include_synthetic": False}),
+    "ssl": (["pretrain_ssl.json"], {"ssl_include_synthetic": False, "ssl_include_real": True}),
     "finetune": (["train.json"], {"use_synthetic": False, "pretrained_checkpoint": None, "run_missing_stages": False}),
 }
 VAE_TERMS = {"l1", "kl", "dice_ce"}

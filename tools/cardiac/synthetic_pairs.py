@@ -31,13 +31,14 @@ logger = logging.getLogger(__name__)
 
 
 def resized_ras_affine(reference: str | Path | None, image_size: Sequence[int], fov_fraction: float = 1.0,
-                       default_spacing: Sequence[float] = (0.8, 0.8, 1.5)) -> np.ndarray:
+                       default_spacing: Sequence[float] = (0.8, 0.8, 1.5), keep_slice_spacing: bool = False) -> np.ndarray:
     """RAS affine of the model grid ``image_size`` covering the same field of view as ``reference``.
 
     The reference NIfTI is brought to the closest canonical (RAS) orientation, its voxel size scaled by
     ``fov_fraction * reference_shape / image_size`` in-plane (``reference_shape / image_size`` along the
     slices; the training pipeline's centre crop ``CenterScaleCropd(roi_scale=[f, f, 1])``) and its centre
-    kept. Without a reference, ``default_spacing`` (mm) is used around the origin.
+    kept. With ``keep_slice_spacing`` (the pipeline keeps every slice and crops blocks of ``image_size[2]`` along z,
+    ``load_slices`` -1) the slice spacing is the reference's. Without a reference, ``default_spacing`` (mm) is used around the origin.
     """
     size = np.asarray(image_size, dtype=float)
     if reference is None:
@@ -53,6 +54,8 @@ def resized_ras_affine(reference: str | Path | None, image_size: Sequence[int], 
     a = img.affine.copy()
     centre = a[:3, :3] @ ((ref_shape - 1) / 2.0) + a[:3, 3]
     extent = ref_shape * np.array([fov_fraction, fov_fraction, 1.0])
+    if keep_slice_spacing:
+        extent[2] = size[2]
     lin = a[:3, :3] * (extent / size)[None, :]
     affine = np.eye(4)
     affine[:3, :3] = lin
@@ -177,7 +180,7 @@ class SyntheticPairGenerator:
                 save_atomic(nib.Nifti1Image(image, self.affine), case_dir / "image.nii.gz")
                 save_atomic(nib.Nifti1Image(label, self.affine), case_dir / "label.nii.gz")
                 entries.append({"case_id": case_id, "image": f"{case_id}/image.nii.gz",
-                                "label": f"{case_id}/label.nii.gz"})
+                                "label": f"{case_id}/label.nii.gz", "synthetic": True})
                 done += 1
             logger.info(f"sampled {done}/{self.num_samples} synthetic pairs")
         self.datalist_path.write_text(json.dumps({"training": entries}, indent=2))
