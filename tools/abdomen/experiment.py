@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from tools.experiments.report import machine_info, write_json, write_section
+from tools.experiments.runs import bundle_run, read_record, read_records
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "abdomen_semantic_synthesis" / "configs"
-LOGGING_CONF = CONFIGS / "logging.conf"
 
 DDPMS = ("concat", "mask_guided", "edge_guided")
 BASELINES = ("sdm", "spade", "pix2pix")
@@ -105,14 +105,6 @@ def iterations_for_budget(budget_minutes: float, methods=METHODS, share: float =
     return max(3, its - its % 3)
 
 
-# ----------------------------------------------------------------------------------------------- one bundle run
-def bundle_run(run_id: str, configs: list[str], **overrides) -> None:
-    """``python -m monai.bundle run <run_id> --config_file [...] --<key> <value> ...`` in this process."""
-    from monai.bundle import run
-
-    run(run_id, config_file=[str(CONFIGS / c) for c in configs], logging_file=str(LOGGING_CONF), **overrides)
-
-
 class Experiment:
     """The comparison at one size; see the module docstring."""
 
@@ -137,8 +129,7 @@ class Experiment:
 
     # -------------------------------------------------------------- bookkeeping
     def _done(self, run: str) -> dict | None:
-        f = self.work / run / "result.json"
-        return json.loads(f.read_text()) if f.is_file() else None
+        return read_record(self.work / run / "result.json")
 
     def _finish(self, run: str, record: dict) -> dict:
         record = {"run": run, **record, "machine": machine_info()}
@@ -174,7 +165,7 @@ class Experiment:
         keys.update(self._segmenter_keys())
         configs = ["train.json", "train_segmenter.json"]
         t0 = time.time()
-        bundle_run("training", configs, **keys)
+        bundle_run(CONFIGS, "training", configs, **keys)
         self._finish(run, {"kind": "segmenter", "seed": seed, "configs": configs, "overrides": keys,
                            "wall_time_s": {"train": round(time.time() - t0, 1)}})
         return ckpt
@@ -193,7 +184,7 @@ class Experiment:
             keys["conditioning"] = method
         train_cfg = ["train.json", *DELTAS[method]]
         t0 = time.time()
-        bundle_run("training", train_cfg, **keys)
+        bundle_run(CONFIGS, "training", train_cfg, **keys)
         t_train = time.time() - t0
         eval_cfg = ["train.json", "evaluate.json", *DELTAS[method]]
         checkpoints = str(d / "models") if method in DDPMS else [str(d / "models" / "model.pt")]
@@ -201,7 +192,7 @@ class Experiment:
                      "segmenter_checkpoint": str(segmenter), "eval_sampler": self.size["eval_sampler"],
                      "eval_num_inference_steps": self.size["eval_steps"], "num_eval_slices": 0}
         t0 = time.time()
-        bundle_run("evaluate", eval_cfg, **eval_keys)
+        bundle_run(CONFIGS, "evaluate", eval_cfg, **eval_keys)
         t_eval = time.time() - t0
         rows = json.loads((d / "evaluate" / "metrics.json").read_text())
         return self._finish(run, {
@@ -231,7 +222,7 @@ class Experiment:
         keys.update(self._segmenter_keys())
         configs = ["train.json", "train_segmenter.json", "augment.json"]
         t0 = time.time()
-        bundle_run("training", configs, **keys)
+        bundle_run(CONFIGS, "training", configs, **keys)
         report = json.loads((d / "runs" / "augment_report.json").read_text())
         return self._finish(run, {"kind": "augmentation", "seed": seed, "source": source, "configs": configs,
                                   "overrides": keys, "wall_time_s": {"train": round(time.time() - t0, 1)},
@@ -251,7 +242,7 @@ class Experiment:
 
     # -------------------------------------------------------------- results
     def records(self) -> list[dict]:
-        return [json.loads(f.read_text()) for f in sorted(self.work.glob("*/result.json"))]
+        return read_records(self.work)
 
     def report(self) -> None:
         from tools.abdomen.results import write_results

@@ -47,12 +47,12 @@ from typing import Any
 import numpy as np
 
 from tools.experiments.report import RESULTS_MD, machine_info, write_json, write_section
+from tools.experiments.runs import bundle_run, read_record, read_records
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "aortadiff_cect" / "configs"
-LOGGING = CONFIGS / "logging.conf"
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -236,26 +236,11 @@ def prepare_data(work: Path, size: dict) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- runs
-def _bundle(run_id: str, configs: list[str], overrides: dict) -> float:
-    from monai.bundle import run as bundle_run
-
-    t0 = time.perf_counter()
-    bundle_run(run_id, config_file=[str(CONFIGS / c) for c in configs], logging_file=str(LOGGING), **overrides)
-    return time.perf_counter() - t0
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def train_model(name: str, seed: int, common: dict, size: dict, iterations: int, work: Path) -> dict:
     """Train ``name`` for ``seed`` unless its record exists; return the record."""
     folder = work / "models" / f"{name}_s{seed}"
     record_file = folder / "train_record.json"
-    done = _read(record_file)
+    done = read_record(record_file)
     if done is not None:
         return done
     model = MODELS[name]
@@ -264,7 +249,7 @@ def train_model(name: str, seed: int, common: dict, size: dict, iterations: int,
                  "val_interval": iterations, "lr_step_size": max(1, iterations // 2),
                  "ckpt_dir": str(folder), "output_dir": str(work / "train" / f"{name}_s{seed}"), "overwrite": True}
     logger.info("training %s (seed %d, %d iterations)", name, seed, iterations)
-    wall = _bundle("training", configs, overrides)
+    wall = bundle_run(CONFIGS, "training", configs, **overrides)
     record = {"model": name, "seed": seed, "iterations": iterations, "configs": configs, "overrides": overrides,
               "wall_time_s": round(wall, 1), "machine": machine_info()}
     write_json(record_file, record)
@@ -274,7 +259,7 @@ def train_model(name: str, seed: int, common: dict, size: dict, iterations: int,
 def evaluate_row(name: str, seed: int, common: dict, size: dict, work: Path, train_record: dict) -> dict:
     """Inference + evaluation of row ``name`` for ``seed`` unless its record exists; return the record."""
     record_file = work / "results" / f"{name}_s{seed}.json"
-    done = _read(record_file)
+    done = read_record(record_file)
     if done is not None:
         return done
     row = ROWS[name]
@@ -292,7 +277,7 @@ def evaluate_row(name: str, seed: int, common: dict, size: dict, work: Path, tra
                          uncertainty_false_alarm_rate=UNCERTAINTY["false_alarm_rate"],
                          uncertainty_worst_fraction=UNCERTAINTY["worst_fraction"])
     logger.info("evaluating %s (seed %d)", name, seed)
-    wall = _bundle("evaluate", configs, overrides)
+    wall = bundle_run(CONFIGS, "evaluate", configs, **overrides)
     summary = json.loads((out / "metrics_summary.json").read_text())
     with open(out / "metrics_per_case.csv") as f:
         cases = [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
@@ -312,7 +297,7 @@ def calibrate_on_validation(configs: list[str], overrides: dict, out: Path) -> d
     """Sample the validation cases as ``overrides`` sample the held-out ones; return the low-confidence
     threshold at :data:`UNCERTAINTY`'s false-alarm rate over their per-case scores (and the scores)."""
     record_file = out / "calibration.json"
-    done = _read(record_file)
+    done = read_record(record_file)
     if done is not None:
         return done
     configs = [c for c in configs if c != "evaluate.json"]
@@ -321,7 +306,7 @@ def calibrate_on_validation(configs: list[str], overrides: dict, out: Path) -> d
     for k in ("image_metrics", "segmentation_metrics"):
         over.pop(k, None)
     t0 = time.perf_counter()
-    _bundle("inference", configs, over)
+    bundle_run(CONFIGS, "inference", configs, **over)
     record = calibration_record(out, time.perf_counter() - t0)
     write_json(record_file, record)
     return record
@@ -668,8 +653,8 @@ def main(argv: list[str] | None = None) -> int:
             loads.append(records[-1]["machine"].get("load_average_1_5_15"))
     # the report covers every finished run of this size and iteration count in the work folder, so runs spread
     # over several calls (e.g. a second seed for some rows) are reported together
-    found = {(r["row"], r["seed"]): r for r in map(_read, sorted((work / "results").glob("*_s*.json")))
-             if r and r.get("iterations") == iterations and r.get("row") in ROWS}
+    found = {(r["row"], r["seed"]): r for r in read_records(work / "results", "*_s*.json")
+             if r.get("iterations") == iterations and r.get("row") in ROWS}
     found.update({(r["row"], r["seed"]): r for r in records})
     records = sorted(found.values(), key=lambda r: (list(ROWS).index(r["row"]), r["seed"]))
     wall_min = sum(r["wall_time_s"]["evaluate"] for r in records) / 60 + sum(

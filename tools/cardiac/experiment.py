@@ -35,12 +35,12 @@ import time
 from pathlib import Path
 
 from tools.experiments.report import machine_info, write_json
+from tools.experiments.runs import bundle_run, read_record, read_records
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cardiac_ldm_ssl" / "configs"
-LOGGING_CONF = CONFIGS / "logging.conf"
 
 METHODS = ("scratch", "medical_diffusion", "ours")
 DELTAS = {"scratch": ["scratch.json"], "medical_diffusion": ["medical_diffusion.json"], "ours": []}
@@ -103,13 +103,6 @@ def epochs_for_budget(budget_minutes: float, n_seeds: int) -> dict:
             "finetune": ep(s * SHARES["finetune"] / per_seed_finetune)}
 
 
-def bundle_run(run_id: str, configs: list[str], **overrides) -> None:
-    """``python -m monai.bundle run <run_id> --config_file [...] --<key> <value> ...`` in this process."""
-    from monai.bundle import run
-
-    run(run_id, config_file=[str(CONFIGS / c) for c in configs], logging_file=str(LOGGING_CONF), **overrides)
-
-
 class Experiment:
     """The comparison at one size; see the module docstring."""
 
@@ -139,8 +132,7 @@ class Experiment:
 
     # -------------------------------------------------------------- bookkeeping
     def _done(self, step: str) -> dict | None:
-        f = self.work / step / "result.json"
-        return json.loads(f.read_text()) if f.is_file() else None
+        return read_record(self.work / step / "result.json")
 
     def _finish(self, step: str, record: dict) -> dict:
         record = {"step": step, **record, "machine": machine_info()}
@@ -192,7 +184,7 @@ class Experiment:
         configs = self._configs(stage_cfg, *deltas)
         overrides = {**self.common, "seed": 0, **keys, **self._continue_or_overwrite(self.common["ckpt_dir"], prefix)}
         t0 = time.time()
-        bundle_run(run_id, configs, **overrides)
+        bundle_run(CONFIGS, run_id, configs, **overrides)
         return self._finish(step, {"kind": "generative", "configs": configs, "overrides": overrides,
                                    "wall_time_s": round(time.time() - t0, 1)})
 
@@ -222,11 +214,11 @@ class Experiment:
             keys["pretrained_checkpoint"] = self.ssl_checkpoint
         configs = self._configs("train.json", *DELTAS[method])
         t0 = time.time()
-        bundle_run("training", configs, **keys, **self.train_keys)
+        bundle_run(CONFIGS, "training", configs, **keys, **self.train_keys)
         t_train = time.time() - t0
         eval_keys = {**keys, "eval_dir": str(d / "eval")}
         t0 = time.time()
-        bundle_run("evaluating", [*configs, "evaluate.json"], **eval_keys)
+        bundle_run(CONFIGS, "evaluating", [*configs, "evaluate.json"], **eval_keys)
         table = json.loads((d / "eval" / "dice_table.json").read_text())
         return self._finish(step, {"kind": "method", "method": method, "seed": seed,
                                    "epochs": self.epochs["finetune"], "configs": configs, "overrides": eval_keys,
@@ -266,7 +258,7 @@ class Experiment:
 
     # -------------------------------------------------------------- results
     def records(self) -> list[dict]:
-        return [json.loads(f.read_text()) for f in sorted(self.work.glob("*/result.json"))]
+        return read_records(self.work)
 
     def report(self) -> None:
         from tools.cardiac.results import write_results
