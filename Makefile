@@ -31,13 +31,14 @@ test-label:
 monailabel:
 	bash scripts/monailabel.sh
 
-## figures: regenerate docs/ pictures: the phantom gallery, and training curves + sample grids of `make demo`'s run
+## figures: regenerate docs/ pictures: the phantom gallery, and training curves, AortaDiff plots and the overview of `make demo`'s run (runs/demo)
 figures: $(STAMP)
 	$(PY) -m tools.figures.phantoms_figure --out docs/phantoms.png
-	$(PY) -m tools.figures.training_curves --logdirs "{'small config, 64 px': 'runs/aortadiff_small'}" \
+	$(PY) -m tools.figures.training_curves --logdirs "{'make demo, 64 px': 'runs/demo/aortadiff_cect'}" \
 	  --tags "['loss_mse','loss_mask','s1','val_roi_psnr','val_lumen_thrombus_dice']" --out docs/aortadiff_training_curves.png
-	cp runs/aortadiff_small/eval/bland_altman_diameters.png docs/aortadiff_bland_altman.png
-	cp runs/aortadiff_small/eval/dice_boxplot.png docs/aortadiff_dice_boxplot.png
+	cp runs/demo/aortadiff_cect/eval/bland_altman_diameters.png docs/aortadiff_bland_altman.png
+	cp runs/demo/aortadiff_cect/eval/dice_boxplot.png docs/aortadiff_dice_boxplot.png
+	cp runs/demo/overview.png docs/demo_overview.png
 
 ## phantoms: write 20 AAA phantom cases to ./cache/phantoms/aaa
 phantoms: $(STAMP)
