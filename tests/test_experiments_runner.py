@@ -33,3 +33,13 @@ def test_machine_info_and_json(tmp_path):
     assert info["cores"] >= 1 and info["torch"]
     path = report.write_json(tmp_path / "r" / "x.json", {"machine": info})
     assert json.loads(path.read_text())["machine"]["cores"] == info["cores"]
+
+
+def test_results_paths_are_written_relative_to_the_repository(tmp_path):
+    from tools.experiments.report import repo_relative
+
+    root = tmp_path / "checkout"
+    payload = {"work": str(root / "runs" / "x"), "runs": [{"ckpt": str(root / "m.pt"), "n": 3}],
+               "other": "/elsewhere/file.nii.gz", "pair": (str(root / "a"), 1.5)}
+    assert repo_relative(payload, root) == {"work": "runs/x", "runs": [{"ckpt": "m.pt", "n": 3}],
+                                            "other": "/elsewhere/file.nii.gz", "pair": ["a", 1.5]}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.abdomen.figures import label_rgb, radiological
-from tools.experiments.report import machine_info, write_json, write_section
+from tools.experiments.report import machine_info, repo_relative, write_json, write_section
 
 __all__ = ["final_row", "summarise", "claims", "write_results"]
 
@@ -288,6 +288,6 @@ def write_results(exp, records: list[dict]) -> dict:
         "notes": args.notes,
         "runs": records,
     }
-    write_json(results_dir / "abdomen.json", payload)
+    write_json(results_dir / "abdomen.json", repo_relative(payload))
     write_section("abdomen", markdown(payload, LABELS), args.results_md)
     return payload

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.experiments.report import RESULTS_MD, machine_info, write_json, write_section
+from tools.experiments.report import RESULTS_MD, machine_info, repo_relative, write_json, write_section
 from tools.experiments.runs import bundle_run, read_record, read_records
 
 logger = logging.getLogger(__name__)
@@ -703,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
                "aggregate": aggregate(records), "runs": records}
     if any(r["model"] == "zero_lumen_labels" for r in records):
         payload["pseudo_label_quality"] = pseudo_label_quality(test_entries)
-    write_json(results_dir / f"{args.name}.json", payload)
+    write_json(results_dir / f"{args.name}.json", repo_relative(payload))
     notes = Path(args.notes).read_text() if args.notes else ""
     write_section(args.name, markdown(payload, figure, notes, args.heading, unc_figure), results_md)
     logger.info("AortaDiff comparison written to %s and %s (%.1f s this call)", results_dir / f"{args.name}.json",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.experiments.report import machine_info, write_json, write_section
+from tools.experiments.report import machine_info, repo_relative, write_json, write_section
 
 STRUCTURES = ("LA", "LV", "RA", "RV", "MYO", "AO", "PA", "LAA")
 
@@ -104,7 +104,7 @@ def write_results(exp, records: list[dict]) -> None:
                                        **pq["dice_generated_label_vs_prediction"]},
                "steps_finished": sorted(steps), "wall_time_s": {r["step"]: r["wall_time_s"] for r in records},
                "machine": {r["step"]: r["machine"] for r in records}}
-    write_json(results_dir / "cardiac.json", payload)
+    write_json(results_dir / "cardiac.json", repo_relative(payload))
     figures = []
     if pq:
         figures = make_figures(exp, steps, results_dir, CONFIGS)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS_MD = Path(__file__).resolve().parents[2] / "docs" / "results.md"
+REPO = Path(__file__).resolve().parents[2]
+RESULTS_MD = REPO / "docs" / "results.md"
 
 
 def machine_info() -> dict:
@@ -36,6 +37,19 @@ def write_json(path: str | Path, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=4) + "\n")
     tmp.replace(path)
     return path
+
+
+def repo_relative(obj, root: str | Path = REPO):
+    """``obj`` with every string path under ``root`` written relative to it (a results file reads the same on
+    every checkout); dicts, lists and tuples are walked, everything else is returned as it is."""
+    prefix = str(Path(root).resolve()) + os.sep
+    if isinstance(obj, str):
+        return obj[len(prefix):] if obj.startswith(prefix) else obj
+    if isinstance(obj, dict):
+        return {k: repo_relative(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [repo_relative(v, root) for v in obj]
+    return obj
 
 
 def write_section(name: str, markdown: str, results_md: str | Path = RESULTS_MD) -> Path:
