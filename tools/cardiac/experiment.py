@@ -51,14 +51,18 @@ STRUCTURES = ("LA", "LV", "RA", "RV", "MYO", "AO", "PA", "LAA")
 PAPER_TABLE1_MEAN = {"scratch": 0.7743, "ours": 0.7908}
 PAPER_STD_FRACTION = 0.0027  # "about 0.27 % of the mean Dice" over seeds
 
-# Process CPU seconds of one thread per epoch at the CPU size (32^3 model grid, 11 real training cases, batch 1,
+# Process CPU seconds of one thread per epoch at the CPU size (32^3 model grid, 12 real training cases, batch 1,
 # cached loading; joint VAE [16, 32, 32], LDM [32, 64, 64], U-Net small.json), from the per-iteration costs measured
 # in one process (torch 2.x / MONAI 1.x on the project's 2-core AMD EPYC machine): VAE 0.77 s (+ augmentation),
-# LDM 0.11 s + the frozen encoder, U-Net 0.30 s. CPU time does not grow with the load of other jobs, and an idle
-# 2-core machine is at least as fast, so the budget is an upper bound of the idle time. "ours" fine-tunes on
-# 4x the cases of "scratch" per epoch (11 real + 33 generated).
-SECONDS_PER_EPOCH = {"autoencoder": 9.4, "ldm": 3.6, "ssl": 10.5, "finetune_real": 3.5, "finetune_mixed": 14.0}
-SHARES = {"autoencoder": 0.26, "ldm": 0.16, "ssl": 0.05, "finetune": 0.45}  # the rest: generation, evaluation
+# LDM 0.11 s on cached latents (LDM_COPIES augmented copies of each case encoded once), U-Net 0.30 s. CPU time does
+# not grow with the load of other jobs, and an idle 2-core machine is at least as fast, so the budget is an upper
+# bound of the idle time. "ours" fine-tunes on 4x the cases of "scratch" per epoch (11 real + 33 generated).
+LDM_COPIES = 4
+LDM_TRAIN_CASES = 12
+SECONDS_PER_EPOCH = {"autoencoder": 9.4, "ldm": 0.11 * LDM_COPIES * LDM_TRAIN_CASES, "ssl": 10.5,
+                     "finetune_real": 3.5, "finetune_mixed": 14.0}
+# A DDPM needs thousands of iterations: the LDM gets 40 % of the budget (about 4 300 iterations at 20 minutes).
+SHARES = {"autoencoder": 0.13, "ldm": 0.40, "ssl": 0.025, "finetune": 0.225}  # the rest: generation, evaluation
 
 
 def size_settings(size: str, quick: bool) -> dict:
@@ -81,7 +85,8 @@ def size_settings(size: str, quick: bool) -> dict:
                          "ldm_num_head_channels": [0, 0, 32], "ldm_norm_groups": 16, "num_inference_steps": 50,
                          "samples_per_volume": 3, "val_fraction": 0.12},
                 # few epochs at this budget: the generative stages learn 10x / 5x faster than the paper's 1e-4
-                "stage_keys": {"autoencoder": {"lr": 0.001}, "ldm": {"lr": 0.0005}},
+                "stage_keys": {"autoencoder": {"lr": 0.001},
+                               "ldm": {"lr": 0.0005, "cache_latents": True, "latent_copies": LDM_COPIES}},
                 "epochs": None}
     if size == "paper":
         return {"deltas": [], "name": "paper", "keys": {},

@@ -18,7 +18,18 @@ from torch import nn
 
 from tools.cardiac.latent_scale import LatentScale
 
-__all__ = ["LatentDiffusionPrepareBatch"]
+__all__ = ["LatentDiffusionPrepareBatch", "sample_cached"]
+
+
+def sample_cached(batchdata: Mapping[str, torch.Tensor], device: str | torch.device | None = None,
+                  non_blocking: bool = False) -> torch.Tensor:
+    """``z_mu + z_sigma * eps`` of a batch of cached posteriors (keys ``z_mu``, ``z_sigma``)."""
+    missing = [k for k in ("z_mu", "z_sigma") if k not in batchdata]
+    if missing:
+        raise ValueError(f"batch of cached latents has no key(s) {missing} (found {sorted(batchdata)})")
+    mu = torch.as_tensor(batchdata["z_mu"]).to(device, non_blocking=non_blocking)
+    sigma = torch.as_tensor(batchdata["z_sigma"]).to(device, non_blocking=non_blocking)
+    return mu + sigma * torch.randn_like(sigma)
 
 
 class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
@@ -31,6 +42,9 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         input_key: batch key of the autoencoder input (the joint image + one-hot label tensor).
         condition_name: optional batch key of the conditioning tensor.
         amp: encode under bf16 autocast (CUDA only).
+        encoded: the batch holds cached posteriors ``z_mu``, ``z_sigma``
+            (:class:`tools.cardiac.latent_cache.CachedLatents`) instead of the autoencoder input: the latent is
+            drawn as ``z_mu + z_sigma * eps`` without running the encoder.
     """
 
     def __init__(
@@ -41,12 +55,14 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         input_key: str = "joint",
         condition_name: str | None = None,
         amp: bool = False,
+        encoded: bool = False,
     ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, condition_name=condition_name)
         self.autoencoder = autoencoder
         self.latent_scale = latent_scale
         self.input_key = input_key
         self.amp = amp
+        self.encoded = bool(encoded)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,10 +80,16 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        if self.input_key not in batchdata:
-            raise ValueError(f"batch has no key '{self.input_key}' (found {sorted(batchdata)})")
-        x = torch.as_tensor(batchdata[self.input_key]).to(device, non_blocking=non_blocking)
-        z = self.encode(x)
+        if self.encoded:
+            z = sample_cached(batchdata, device, non_blocking)
+            if not self.latent_scale.is_set:
+                raise ValueError("latent scale factor is unset: attach LatentScaleHandler to the trainer")
+            z = z * self.latent_scale.value
+        else:
+            if self.input_key not in batchdata:
+                raise ValueError(f"batch has no key '{self.input_key}' (found {sorted(batchdata)})")
+            x = torch.as_tensor(batchdata[self.input_key]).to(device, non_blocking=non_blocking)
+            z = self.encode(x)
         noise = self.get_noise(z)
         timesteps = self.get_timesteps(z)
         target = self.get_target(z, noise, timesteps)

@@ -88,7 +88,8 @@ def compute_scale_factor(
 
 class LatentScaleHandler:
     """Ignite handler: at ``Events.STARTED`` compute the scale factor once (unless already set, e.g. resumed
-    from a checkpoint) and store it in ``latent_scale`` (saved by ``CheckpointSaver``)."""
+    from a checkpoint) and store it in ``latent_scale`` (saved by ``CheckpointSaver``). ``encoded``: the loader
+    yields cached posteriors ``z_mu``, ``z_sigma`` (:class:`tools.cardiac.latent_cache.CachedLatents`)."""
 
     def __init__(
         self,
@@ -98,7 +99,9 @@ class LatentScaleHandler:
         device: torch.device | str = "cpu",
         input_key: str = "joint",
         max_batches: int | None = None,
+        encoded: bool = False,
     ) -> None:
+        self.encoded = bool(encoded)
         self.autoencoder = autoencoder
         self.loader = loader
         self.latent_scale = latent_scale
@@ -112,7 +115,14 @@ class LatentScaleHandler:
     def __call__(self, engine: Engine) -> None:
         if self.latent_scale.is_set:
             return
-        value = compute_scale_factor(self.autoencoder, self.loader, self.device, self.input_key, self.max_batches)
+        if self.encoded:  # cached posteriors (tools.cardiac.latent_cache): the latent is drawn, not encoded
+            from tools.cardiac.latent_prepare_batch import sample_cached
+
+            batches = ({"z": sample_cached(b, self.device)} for b in self.loader)
+            value = compute_scale_factor(self.autoencoder, batches, self.device, "z", self.max_batches,
+                                         encode=lambda _, z: z)
+        else:
+            value = compute_scale_factor(self.autoencoder, self.loader, self.device, self.input_key, self.max_batches)
         self.latent_scale.set(value)
         engine.logger.info(f"latent scale factor (1 / std of the training latents): {value:.6f}")
 
