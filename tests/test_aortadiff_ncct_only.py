@@ -14,6 +14,8 @@ import torch
 from monai.bundle import ConfigParser
 from monai.bundle import run as bundle_run
 
+from test_bad_inputs import _expect_error as expect_input_error
+
 from tools.aortadiff.aorta_seg import AortaSliceInferer
 from tools.aortadiff.transforms import AortaROId
 from tools.data.phantoms import ensure_phantoms
@@ -134,32 +136,11 @@ def test_totalsegmentator_label_map_on_real_ncct(models, tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad input: one line, nothing written
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def _expect_error(tmp: Path, must_name: list[str], **over) -> str:
     """The inference checks stop with a one-line bundle input error naming ``must_name``; no file changes."""
-    from monai.bundle import ConfigWorkflow
-
-    from tools.engines.errors import find_input_error
-
-    before = _tree(tmp)
-    wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="inference",
-                        **{**CPU, **PHANTOMS, **DIFF_TINY, **SEG_TINY, "sampler": "ddim", "num_inference_steps": 1,
-                           "progress": False, **over})
-    with pytest.raises(Exception) as info:
-        wf.initialize()
-        wf.run()
-    err = find_input_error(info.value)
-    assert err is not None, f"not a bundle input error: {info.value!r}"
-    msg = str(err)
-    assert "\n" not in msg, msg
-    for part in must_name:
-        assert part in msg, f"{part!r} not in {msg!r}"
-    assert _tree(tmp) == before, "files were written or changed"
-    print(f"message: {msg}")
-    return msg
+    over = {**CPU, **PHANTOMS, **DIFF_TINY, **SEG_TINY, "sampler": "ddim", "num_inference_steps": 1,
+            "progress": False, **over}
+    return expect_input_error(tmp, [CONFIGS / "inference.json"], "inference", over, must_name)
 
 
 @pytest.fixture
