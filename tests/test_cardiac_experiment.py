@@ -128,7 +128,7 @@ def test_quick_experiment_writes_results_and_skips_finished_steps(tmp_path):
     work = tmp_path / "work"
     assert {p.parent.name for p in work.glob("*/result.json")} == {
         "autoencoder", "ldm", "generate", "ssl", "scratch_seed0", "medical_diffusion_seed0", "ours_seed0",
-        "pair_quality"}
+        "pair_quality", "samplers"}
     ssl = json.loads((work / "ssl" / "result.json").read_text())
     assert ssl["overrides"]["ssl_include_real"] is False  # the paper: SSL on generated images
     ours = json.loads((work / "ours_seed0" / "result.json").read_text())
@@ -141,12 +141,35 @@ def test_quick_experiment_writes_results_and_skips_finished_steps(tmp_path):
     assert set(out["dice_test"]) == {"scratch", "medical_diffusion", "ours"}
     assert 0.0 <= out["pair_quality"]["mean"] <= 1.0
     assert (tmp_path / "results" / "cardiac_pairs.png").stat().st_size > 0
+    rows = out["samplers"]["rows"]  # the same seed and number of pairs for every setting, calls = steps
+    assert [r["calls_per_volume"] for r in rows] == [4, 2] and len({r["pairs"] for r in rows}) == 1
+    assert out["samplers"]["fastest_within_0.01_dice"] in {r["sampler"] for r in rows} | {None}
     text = md.read_text()
     assert "kept" in text and "<!-- begin cardiac -->" in text and "Claims:" in text
     # a rerun finds every step finished and trains nothing
     before = (work / "ours_seed0" / "result.json").stat().st_mtime
     assert main(argv) == 0
     assert (work / "ours_seed0" / "result.json").stat().st_mtime == before
+
+
+def test_sampler_choice_is_the_fewest_calls_within_the_dice_margin(tmp_path):
+    import nibabel as nib
+
+    from tools.cardiac.sampler_comparison import fastest_within, structures_present
+
+    rows = [{"sampler": "DDPM 1000", "calls_per_volume": 1000, "pair_dice": 0.50},
+            {"sampler": "DDIM 50", "calls_per_volume": 50, "pair_dice": 0.52},
+            {"sampler": "DDIM 10", "calls_per_volume": 10, "pair_dice": 0.495},
+            {"sampler": "DDIM 5", "calls_per_volume": 5, "pair_dice": 0.48}]  # 0.02 below: out
+    assert fastest_within(rows)["sampler"] == "DDIM 10"
+    assert fastest_within(rows, max_dice_drop=0.03)["sampler"] == "DDIM 5"
+    assert fastest_within([{"sampler": "x", "calls_per_volume": 1, "pair_dice": None}]) is None
+    a, b = np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8)
+    a[0, 0, 0], a[1, 1, 1], a[2, 2, 2] = 1, 5, 8  # three structures
+    b[0, 0, 0] = 2  # one
+    for name, arr in (("a", a), ("b", b)):
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    assert structures_present([tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]) == 2.0
 
 
 def test_a_step_is_claimed_once_by_live_processes(tmp_path):

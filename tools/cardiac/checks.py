@@ -17,9 +17,10 @@ from tools.data.checks import (
     read_volume,
 )
 from tools.data.nifti_io import case_name
+from tools.engines.errors import InputValueError
 from tools.engines.output_guard import check_writable, refuse_overwrite
 
-__all__ = ["check_inference_inputs", "check_training_inputs", "segmentation_outputs"]
+__all__ = ["check_inference_inputs", "check_training_inputs", "check_vae_patches", "segmentation_outputs"]
 
 
 def check_training_inputs(datalist: str | Path, image_size: Sequence[int], batch_size: int, num_classes: int,
@@ -33,6 +34,19 @@ def check_training_inputs(datalist: str | Path, image_size: Sequence[int], batch
                   label_hint=f"num_classes {num_classes}: 0 background, 1..{num_classes - 1} structures")
     check_writable(output_dir, "output_dir")
     check_writable(ckpt_dir, "ckpt_dir")
+
+
+def check_vae_patches(patch_size: Sequence[int] | None, patches_per_volume: int, image_size: Sequence[int],
+                      vae_channels: Sequence[int]) -> None:
+    """``vae_patch_size`` (when set) fits in ``image_size`` and is divisible by the autoencoder's downsampling."""
+    if patch_size is None:
+        return
+    check_positive(vae_patch_size=list(patch_size), vae_patches_per_volume=patches_per_volume)
+    factor = 2 ** (len(vae_channels) - 1)
+    if len(patch_size) != len(image_size) or any(p > s or p % factor for p, s in zip(patch_size, image_size)):
+        raise InputValueError(f"config key 'vae_patch_size' must have {len(image_size)} entries, each at most "
+                              f"image_size {list(image_size)} and a multiple of {factor} (2 ** (len(vae_channels) - 1)), "
+                              f"got {list(patch_size)}")
 
 
 def segmentation_outputs(input_files: Sequence[str], output_dir: str | Path, input_root: str | Path,

@@ -52,17 +52,19 @@ PAPER_TABLE1_MEAN = {"scratch": 0.7743, "ours": 0.7908}
 PAPER_STD_FRACTION = 0.0027  # "about 0.27 % of the mean Dice" over seeds
 
 # Process CPU seconds of one thread per epoch at the CPU size (32^3 model grid, 12 real training cases, batch 1,
-# cached loading; joint VAE [16, 32, 32], LDM [32, 64, 64], U-Net small.json), from the per-iteration costs measured
-# in one process (torch 2.x / MONAI 1.x on the project's 2-core AMD EPYC machine): VAE 0.77 s (+ augmentation),
-# LDM 0.11 s on cached latents (LDM_COPIES augmented copies of each case encoded once), U-Net 0.30 s. CPU time does
-# not grow with the load of other jobs, and an idle 2-core machine is at least as fast, so the budget is an upper
-# bound of the idle time. "ours" fine-tunes on 4x the cases of "scratch" per epoch (11 real + 33 generated).
+# cached loading; joint VAE [16, 32, 32] on two random 16^3 patches per augmented volume, LDM [32, 64, 64],
+# U-Net small.json), from the per-iteration costs measured in one process (torch 2.x / MONAI 1.x on the project's
+# 2-core machine): VAE 0.07 s per iteration of two patches (0.77 s on a whole 32^3 volume), LDM 0.11 s on cached
+# latents (LDM_COPIES augmented copies of each case encoded once), U-Net 0.30 s. CPU time does not grow with the
+# load of other jobs, and an idle 2-core machine is at least as fast, so the budget is an upper bound of the idle
+# time. "ours" fine-tunes on 4x the cases of "scratch" per epoch (real + 3x generated).
 LDM_COPIES = 4
 LDM_TRAIN_CASES = 12
-SECONDS_PER_EPOCH = {"autoencoder": 9.4, "ldm": 0.11 * LDM_COPIES * LDM_TRAIN_CASES, "ssl": 10.5,
+SECONDS_PER_EPOCH = {"autoencoder": 0.8, "ldm": 0.11 * LDM_COPIES * LDM_TRAIN_CASES, "ssl": 10.5,
                      "finetune_real": 3.5, "finetune_mixed": 14.0}
-# A DDPM needs thousands of iterations: the LDM gets 40 % of the budget (about 4 300 iterations at 20 minutes).
-SHARES = {"autoencoder": 0.13, "ldm": 0.40, "ssl": 0.025, "finetune": 0.225}  # the rest: generation, evaluation
+# Autoencoder and LDM get 60 % of the budget (at 45 minutes about 9 000 patch iterations and 8 500 LDM iterations):
+# the image half of the joint VAE is what limits the generated pairs, and a DDPM needs thousands of iterations.
+SHARES = {"autoencoder": 0.25, "ldm": 0.35, "ssl": 0.025, "finetune": 0.225}  # the rest: generation, evaluation
 
 
 def size_settings(size: str, quick: bool) -> dict:
@@ -80,12 +82,13 @@ def size_settings(size: str, quick: bool) -> dict:
         # training sees random 32-slice blocks of the 48 slices (the paper's random-location crop along z)
         return {"deltas": ["small.json"], "name": "cpu",
                 "keys": {"phantom_cases": 16, "phantom_size": 64, "phantom_slices": 48, "image_size": [32, 32, 32],
-                         "vae_channels": [16, 32, 32], "vae_norm_groups": 8, "seg_weight": 4.0,
+                         "vae_channels": [16, 32, 32], "vae_norm_groups": 8,
                          "ldm_channels": [32, 64, 64], "ldm_attention_levels": [False, False, True],
                          "ldm_num_head_channels": [0, 0, 32], "ldm_norm_groups": 16, "num_inference_steps": 50,
                          "samples_per_volume": 3, "val_fraction": 0.12},
                 # few epochs at this budget: the generative stages learn 10x / 5x faster than the paper's 1e-4
-                "stage_keys": {"autoencoder": {"lr": 0.001},
+                "stage_keys": {"autoencoder": {"lr": 0.001, "image_weight": 10.0, "seg_weight": 1.0,
+                                               "vae_patch_size": [16, 16, 16], "vae_patches_per_volume": 2},
                                "ldm": {"lr": 0.0005, "cache_latents": True, "latent_copies": LDM_COPIES}},
                 "epochs": None}
     if size == "paper":
@@ -235,19 +238,49 @@ class Experiment:
         done = self._done(step)
         if done or not self._claim(step):
             return done
-        from tools.cardiac.pair_quality import BundleSegmenter, pair_agreement
+        from tools.cardiac.pair_quality import pair_agreement
         from tools.data.datalist import load_datalist
 
-        seed = self.args.seeds[0]
-        rec = self._done(f"scratch_seed{seed}")
-        seg = BundleSegmenter([CONFIGS / c for c in rec["configs"]], self.work / f"scratch_seed{seed}" / "models" /
-                              "model.pt", **{k: v for k, v in rec["overrides"].items() if "#" not in k})
+        seed, seg = self._real_data_segmenter()
         synth = [dict(e, synthetic=True) for e in load_datalist(
             str(self.gen_dir / "runs" / "synthetic" / "datalist.json"), "training", required_keys=["image", "label"])]
         t0 = time.time()
         out = pair_agreement(seg, synth)
         return self._finish(step, {"kind": "pair_quality", "segmenter": f"scratch_seed{seed}", "pairs": len(synth),
                                    "dice_generated_label_vs_prediction": out,
+                                   "wall_time_s": round(time.time() - t0, 1)})
+
+    def _real_data_segmenter(self):
+        """(seed, segmenter) of the scratch run of the first seed: trained on real cases only."""
+        from tools.cardiac.pair_quality import BundleSegmenter
+
+        seed = self.args.seeds[0]
+        rec = self._done(f"scratch_seed{seed}")
+        return seed, BundleSegmenter([CONFIGS / c for c in rec["configs"]], self.work / f"scratch_seed{seed}" /
+                                     "models" / "model.pt", **{k: v for k, v in rec["overrides"].items() if "#" not in k})
+
+    def samplers(self) -> dict:
+        """Sampler settings of generate.json on the trained LDM, one pair per training case each, same seed."""
+        step = "samplers"
+        done = self._done(step)
+        if done or not self._claim(step):
+            return done
+        from tools.cardiac.sampler_comparison import PAPER, compare_samplers, fastest_within
+
+        seed, seg = self._real_data_segmenter()
+        settings = ([("DDPM 4", PAPER[1], 4), ("DDIM 2", (), 2)] if self.args.quick else
+                    [PAPER, ("DDIM 50", (), 50), ("DDIM 20", (), 20), ("DDIM 10", (), 10), ("DDIM 5", (), 5)])
+
+        def generate(deltas, steps, folder):
+            bundle_run(CONFIGS, "run", self._configs("generate.json", *deltas),
+                       **{**self.common, "seed": 0, "samples_per_volume": 1, "num_inference_steps": steps,
+                          "synthetic_dir": str(folder)})
+
+        t0 = time.time()
+        rows = compare_samplers(generate, seg, settings, self.work / step)
+        best = fastest_within(rows)
+        return self._finish(step, {"kind": "samplers", "segmenter": f"scratch_seed{seed}", "rows": rows,
+                                   "fastest_within_0.01_dice": best["sampler"] if best else None,
                                    "wall_time_s": round(time.time() - t0, 1)})
 
     def run(self) -> int:
@@ -257,6 +290,7 @@ class Experiment:
             for m in METHODS:
                 self.method(m, seed)
         self.pair_quality()
+        self.samplers()
         logger.info("cardiac experiment: finished in %.0f s", time.time() - t0)
         self.report()
         return 0

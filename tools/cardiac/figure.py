@@ -37,7 +37,7 @@ def _heart_slice(label: np.ndarray) -> int:
 def _overlay(ax, image: np.ndarray, label: np.ndarray | None, title: str) -> None:
     import matplotlib.pyplot as plt
 
-    ax.imshow(image.T, cmap="gray", vmin=-400, vmax=800)
+    ax.imshow(image.T, cmap="gray", vmin=-200, vmax=600)  # the bundle's window (common.json a_min, a_max)
     if label is not None:
         masked = np.ma.masked_where(label.T == 0, label.T)
         ax.imshow(masked, cmap=plt.get_cmap("tab10", 9), vmin=-0.5, vmax=8.5, alpha=0.55, interpolation="nearest")

@@ -116,7 +116,7 @@ def _show(ax, image: np.ndarray, label: np.ndarray | None, title: str) -> None:
     """One axial slice of a RAS model-grid volume, radiological view (patient right on the left, anterior up)."""
     import matplotlib.pyplot as plt
 
-    ax.imshow(image.T[::-1, ::-1], cmap="gray", vmin=0.3, vmax=0.9)  # [0, 1] = -1000..1000 HU: -400..800 HU shown
+    ax.imshow(image.T[::-1, ::-1], cmap="gray", vmin=0.0, vmax=1.0)  # [0, 1] = the window a_min..a_max (-200..600 HU)
     if label is not None:
         lab = label.T[::-1, ::-1]
         ax.imshow(np.ma.masked_where(lab == 0, lab), cmap=plt.get_cmap("tab10", 9), vmin=-0.5, vmax=8.5, alpha=0.5,

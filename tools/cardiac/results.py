@@ -88,6 +88,24 @@ def claims(table: dict, pq: dict | None) -> list[str]:
     return out
 
 
+def sampler_lines(rec: dict) -> list[str]:
+    """The sampler table of the ``samplers`` step (same LDM, same seed, one pair per training case each)."""
+    rows = rec["rows"]
+    ref = rows[0]["pair_dice"]
+    out = [f"Sampler settings of `generate.json` on this LDM (each {rows[0]['pairs']} pairs from the same seed; pair "
+           f"Dice as above, segmenter {rec['segmenter']}):", "",
+           "| sampler | calls / volume | s / pair | pair Dice | - paper | structures present (of 8) |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r["pair_dice"]
+        out.append(f"| {r['sampler']} | {r['calls_per_volume']:,} | {r['seconds_per_pair']} | "
+                   f"{'-' if d is None else f'{d:.3f}'} | {'-' if d is None or ref is None else f'{d - ref:+.3f}'} | "
+                   f"{r['structures_present']} |")
+    best = rec.get("fastest_within_0.01_dice")
+    out += ["", f"Fewest calls within 0.01 pair Dice of the paper's sampler: **{best or 'none'}**.", ""]
+    return out
+
+
 def write_results(exp, records: list[dict]) -> None:
     from tools.cardiac.experiment import CONFIGS, LABELS, METHODS, PAPER_STD_FRACTION, PAPER_TABLE1_MEAN
 
@@ -102,6 +120,8 @@ def write_results(exp, records: list[dict]) -> None:
                "paper_std_fraction": PAPER_STD_FRACTION, "dice_test": table,
                "pair_quality": pq and {"segmenter": pq["segmenter"], "pairs": pq["pairs"],
                                        **pq["dice_generated_label_vs_prediction"]},
+               "samplers": steps.get("samplers") and {k: steps["samplers"][k] for k in
+                                                      ("segmenter", "rows", "fastest_within_0.01_dice")},
                "steps_finished": sorted(steps), "wall_time_s": {r["step"]: r["wall_time_s"] for r in records},
                "machine": {r["step"]: r["machine"] for r in records}}
     write_json(results_dir / "cardiac.json", repo_relative(payload))
@@ -126,6 +146,8 @@ def write_results(exp, records: list[dict]) -> None:
                   f"(the same segmenter on the real test cases: {ref}); "
                   + ", ".join(f"{s} {d.get(s)}" for s in STRUCTURES) + ".", ""]
     lines += ["Claims:", "", *claims(table, pq), ""]
+    if steps.get("samplers"):
+        lines += sampler_lines(steps["samplers"])
     for f, caption in figures:
         lines += [f"![{caption}](results/{f})", "", f"*{caption}*", ""]
     wall = sum(float(v if not isinstance(v, dict) else sum(v.values())) for v in payload["wall_time_s"].values())
