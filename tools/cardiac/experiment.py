@@ -251,11 +251,13 @@ class Experiment:
                                    "wall_time_s": round(time.time() - t0, 1)})
 
     def _real_data_segmenter(self):
-        """(seed, segmenter) of the scratch run of the first seed: trained on real cases only."""
+        """(seed, segmenter) of the scratch run (real cases only) of the lowest seed, the same for every process
+        sharing the work folder; waits while another process trains it."""
         from tools.cardiac.pair_quality import BundleSegmenter
 
-        seed = self.args.seeds[0]
-        rec = self._done(f"scratch_seed{seed}")
+        seed = min(self.args.seeds)
+        while not (rec := self.method("scratch", seed)):
+            time.sleep(15)
         return seed, BundleSegmenter([CONFIGS / c for c in rec["configs"]], self.work / f"scratch_seed{seed}" /
                                      "models" / "model.pt", **{k: v for k, v in rec["overrides"].items() if "#" not in k})
 

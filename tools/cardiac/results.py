@@ -167,7 +167,7 @@ def make_figures(exp, steps: dict, results_dir: Path, configs_dir: Path) -> list
     from tools.cardiac.pair_quality import BundleAutoencoder, BundleSegmenter, pairs_figure, segmentations_figure
     from tools.data.datalist import load_datalist
 
-    seed = exp.args.seeds[0]
+    seed = min(exp.args.seeds)
     segs = {}
     for m in LABELS:
         rec = steps.get(f"{m}_seed{seed}")
