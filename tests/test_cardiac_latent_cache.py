@@ -75,3 +75,16 @@ def test_ldm_trains_from_the_cached_latents_with_its_loss_going_down(tmp_path):
     sigma = torch.stack([c["z_sigma"] for c in cache]).double()
     expected = 1.0 / float((mu.var() + sigma.pow(2).mean()).sqrt())  # std of z_mu + z_sigma * eps
     assert abs(scale - expected) < 0.05 * expected, (scale, expected)
+
+
+def test_cached_posterior_draws_are_plain_tensors_with_the_posterior_statistics():
+    from monai.data import MetaTensor
+
+    from tools.cardiac.latent_prepare_batch import sample_cached
+
+    torch.manual_seed(0)
+    mu, sigma = MetaTensor(torch.full((4000, 1), 2.0)), MetaTensor(torch.full((4000, 1), 0.5))
+    z = sample_cached({"z_mu": mu, "z_sigma": sigma})
+    # a MetaTensor would send every network operation through its __torch_function__
+    assert type(z) is torch.Tensor
+    assert abs(float(z.mean()) - 2.0) < 0.05 and abs(float(z.std()) - 0.5) < 0.05
