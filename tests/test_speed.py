@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.engines.utils import IterationEvents
 from monai.networks.schedulers import DDPMScheduler
 from monai.transforms import Compose, Resized, ScaleIntensityRanged
 
@@ -199,3 +201,144 @@ def test_progress_bar_reads_the_loss_every_n_iterations_only():
     assert len(reads) == 2  # iterations 3 and 6
     with pytest.raises(ValueError, match="every"):
         InteractiveProgressBar(every=0)
+
+
+def test_fused_ema_handler_gives_the_stock_handlers_weights():
+    """FusedEMAHandler (multi-tensor mul_/add_) against ignite's EMAHandler: the same EMA weights, bit for bit,
+    through warm-up and after it."""
+    from ignite.engine import Engine
+    from ignite.handlers import EMAHandler
+
+    from tools.engines.ema import FusedEMAHandler
+
+    def run(handler_cls):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.Conv2d(4, 1, 1))
+        handler = handler_cls(model, momentum=0.01, momentum_warmup=0.1, warmup_iters=3)
+
+        def step(engine, batch):  # a stand-in for the optimiser step: the same updates in both runs
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p) * 0.1)
+
+        engine = Engine(step)
+        handler.attach(engine)
+        engine.run(range(6), max_epochs=1)
+        return list(handler.ema_model.parameters()), list(model.parameters())
+
+    stock, model = run(EMAHandler)
+    fused, _ = run(FusedEMAHandler)
+    assert all(torch.equal(a, b) for a, b in zip(stock, fused))
+    assert not all(torch.equal(a, m) for a, m in zip(stock, model))  # the EMA lags behind the model
+
+
+def test_lpips_channels_last_gives_the_same_distance_and_gradient():
+    """ROILPIPSLoss(channels_last=True), as train.json builds it, against the default layout on a fixed batch."""
+    from tools.aortadiff.lpips_loss import ROILPIPSLoss
+
+    torch.manual_seed(0)
+    default = ROILPIPSLoss(pretrained_backbone=False)
+    fast = ROILPIPSLoss(pretrained_backbone=False, channels_last=True)
+    fast.load_state_dict(default.state_dict())
+    g = torch.Generator().manual_seed(1)
+    pred0 = torch.rand(3, 1, 32, 32, generator=g) * 2 - 1
+    target = torch.rand(3, 1, 32, 32, generator=g) * 2 - 1
+    roi = torch.zeros(3, 1, 32, 32)
+    roi[:, :, 8:24, 6:20] = 1
+    results = []
+    for loss in (default, fast):
+        pred = pred0.clone().requires_grad_(True)
+        value = loss(pred, target, roi)
+        value.backward()
+        results.append((value.detach(), pred.grad))
+    (v0, g0), (v1, g1) = results
+    assert float(v0) > 0 and g0.abs().sum() > 0
+    torch.testing.assert_close(v1, v0, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5 * float(g0.abs().max()))
+
+
+def test_kendall_on_device_mask_flag_equals_the_python_bool():
+    """The mask term dropped by torch.where (tensor flag, no host sync) gives the loss and the gradients of the
+    former Python-bool branch, with and without labeled samples, learnable and fixed weights."""
+    from tools.aortadiff.kendall import KendallUncertaintyWeighting
+
+    for learnable in (True, False):
+        for valid in (True, False):
+            grads, losses = [], []
+            for flag in (valid, torch.tensor(valid)):
+                w = KendallUncertaintyWeighting(learnable=learnable, fixed_weights=(1.0, 0.3), init_log_vars=(0.4, -0.2))
+                img, mask = torch.tensor(0.7, requires_grad=True), torch.tensor(0.05, requires_grad=True)
+                loss = w(img, mask, mask_valid=flag)
+                loss.backward()
+                losses.append(loss.detach())
+                grads.append([torch.zeros(()) if v is None else v  # a term left out of the graph: no gradient
+                              for v in (img.grad, mask.grad, w.log_vars.grad if learnable else None)])
+            assert torch.equal(losses[0], losses[1]), (learnable, valid)
+            assert all(torch.equal(a, b) for a, b in zip(*grads)), (learnable, valid)
+
+
+def test_aortadiff_loss_terms_stay_tensors_until_logged():
+    """train.json's loss on a fixed batch: the same total loss as the former computation (Python-bool mask flag,
+    LPIPS in the default layout); the terms reach the trainer output as one-element tensors (no float() per
+    iteration) and read as the same floats."""
+    from tools.engines.loss_terms import LossTermsHandler, scalar_logs
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles/aortadiff_cect/configs/train.json")])
+    parser.update({"lpips_pretrained_backbone": False, "device": "$torch.device('cpu')"})
+    loss_fn = parser.get_parsed_content("loss")
+    assert loss_fn.lpips_loss.channels_last
+    g = torch.Generator().manual_seed(0)
+    b, s = 3, 32
+    roi = torch.zeros(b, 1, s, s)
+    roi[:, :, 8:24, 8:24] = 1
+    target = {"x_start": torch.rand(b, 1, s, s, generator=g) * 2 - 1, "noise": torch.randn(b, 1, s, s, generator=g),
+              "timesteps": torch.tensor([10, 400, 900]), "roi": roi,
+              "lumen_sdf": torch.rand(b, 1, s, s, generator=g) * 2 - 1, "labeled": torch.tensor([1.0, 0.0, 1.0])}
+    pred = torch.rand(b, 2, s, s, generator=g) * 2 - 1
+    loss = loss_fn(pred, target)
+
+    # the former computation: LPIPS in the default layout with the same weights, the mask flag as a Python bool
+    from tools.aortadiff.labeled_mse import labeled_mse
+    from tools.aortadiff.lpips_loss import ROILPIPSLoss
+
+    old_lpips = ROILPIPSLoss(pretrained_backbone=False)
+    old_lpips.load_state_dict(loss_fn.lpips_loss.state_dict())
+    loss_fn.lpips_loss = old_lpips
+    loss_img, _ = loss_fn.image_loss(pred[:, :1], target)
+    loss_mask, n = labeled_mse(pred[:, 1:], target["lumen_sdf"], target["labeled"])
+    old = loss_fn.loss_weighting(loss_img, loss_mask, mask_valid=bool(n > 0))
+    torch.testing.assert_close(loss, old, rtol=1e-6, atol=1e-7)
+
+    engine = SimpleNamespace(state=SimpleNamespace(output={"loss": loss.detach()}))
+    LossTermsHandler(loss_fn)(engine)  # what it does at IterationEvents.LOSS_COMPLETED
+    seen = engine.state.output
+    terms = {k: v for k, v in seen.items() if k != "loss"}
+    assert set(terms) == set(loss_fn.last_terms) and terms
+    assert all(torch.is_tensor(v) and v.numel() == 1 for v in terms.values())
+    logged = scalar_logs(seen)
+    assert all(isinstance(v, float) for v in logged.values())
+    assert {k: logged[k] for k in terms} == loss_fn.last_terms
+    assert logged["n_labeled"] == 2.0 and logged["w_img"] == 0.5
+
+
+def test_every_trained_parameter_gets_a_gradient_so_set_to_none_changes_nothing(tmp_path):
+    """train.json zeroes gradients with set_to_none (as the bare step does): AdamW then skips a parameter whose
+    gradient is None, where zeroed gradients would still decay it. After a bundle iteration every parameter of
+    the optimiser (network and Kendall s1, s2) has a gradient, so the updates are those of zeroed gradients."""
+    datalist = ensure_phantoms("aaa", tmp_path / "aaa", cases=4, seed=0, size=32, slices=8)
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles/aortadiff_cect/configs/train.json"),
+                        str(REPO / "bundles/aortadiff_cect/configs/small.json")])
+    parser.update({"datalist": datalist, "image_size": 32, "roi_margin": 2, "network_channels": [8, 16],
+                   "attention_levels": [False, True], "num_head_channels": 8, "batch_size": 2, "iterations": 1,
+                   "val_interval": 1, "val_at_start": False, "lpips_pretrained_backbone": False,
+                   "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "runs"),
+                   "device": "$torch.device('cpu')", "val_slices_per_case": 1, "val_inference_steps": 1})
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.optim_set_to_none
+    grads = {}
+    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, lambda e: grads.update(
+        {i: p.grad is not None for i, p in enumerate(p for g in e.optimizer.param_groups for p in g["params"])}))
+    trainer.run()
+    assert grads and all(grads.values())

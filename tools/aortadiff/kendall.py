@@ -5,7 +5,9 @@
 with learnable log-variances ``s1`` (image) and ``s2`` (mask) that go into the optimiser together with
 the network. ``learnable=False`` switches to fixed weights: ``L = w_img L_img + w_mask L_mask``.
 When a batch holds no labeled sample (``mask_valid=False``) the whole mask term, ``0.5 s2`` included,
-is left out, so ``s2`` is not pushed towards -inf by batches without a lumen label.
+is left out, so ``s2`` is not pushed towards -inf by batches without a lumen label. ``mask_valid`` may be a
+tensor (e.g. ``n_labeled > 0``): the term is then dropped by ``torch.where`` on the device, with no host sync,
+and the value and gradients are the same as with a Python bool.
 """
 
 from __future__ import annotations
@@ -36,21 +38,33 @@ class KendallUncertaintyWeighting(nn.Module):
 
     def forward(self, loss_img: torch.Tensor, loss_mask: torch.Tensor | None = None,
                 mask_valid: bool | torch.Tensor = True) -> torch.Tensor:
-        """loss_img, loss_mask: scalar tensors. Returns the scalar total loss."""
-        use_mask = loss_mask is not None and bool(mask_valid)
-        if not self.learnable:
-            total = self.fixed_weights[0] * loss_img
-            return total + self.fixed_weights[1] * loss_mask if use_mask else total
-        s1, s2 = self.log_vars[0], self.log_vars[1]
-        total = 0.5 * torch.exp(-s1) * loss_img + 0.5 * s1
-        if use_mask:
-            total = total + 0.5 * torch.exp(-s2) * loss_mask + 0.5 * s2
+        """loss_img, loss_mask: scalar tensors; mask_valid: bool or a bool tensor. Returns the scalar total loss."""
+        image = self._image_term(loss_img)
+        if loss_mask is None or (not torch.is_tensor(mask_valid) and not mask_valid):
+            return image
+        total = self._add_mask_term(image, loss_mask)
+        if torch.is_tensor(mask_valid):
+            return torch.where(mask_valid.reshape(()), total, image)
         return total
 
-    def weights(self) -> dict[str, float]:
-        """Current effective weights and log-variances, for logging."""
+    def _image_term(self, loss_img: torch.Tensor) -> torch.Tensor:
         if not self.learnable:
-            return {"w_img": float(self.fixed_weights[0]), "w_mask": float(self.fixed_weights[1])}
-        s = self.log_vars.detach().float()
-        return {"s1": float(s[0]), "s2": float(s[1]),
-                "w_img": float(0.5 * torch.exp(-s[0])), "w_mask": float(0.5 * torch.exp(-s[1]))}
+            return self.fixed_weights[0] * loss_img
+        return 0.5 * torch.exp(-self.log_vars[0]) * loss_img + 0.5 * self.log_vars[0]
+
+    def _add_mask_term(self, total: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        if not self.learnable:
+            return total + self.fixed_weights[1] * loss_mask
+        return total + 0.5 * torch.exp(-self.log_vars[1]) * loss_mask + 0.5 * self.log_vars[1]
+
+    def weights(self) -> dict[str, float]:
+        """Current effective weights and log-variances, for logging (floats: a host sync on a GPU)."""
+        return {k: float(v) for k, v in self.weight_tensors().items()}
+
+    def weight_tensors(self) -> dict[str, torch.Tensor]:
+        """:meth:`weights` as detached one-element tensors (copies: later optimiser steps do not change them)."""
+        if not self.learnable:
+            w = self.fixed_weights.detach().clone()
+            return {"w_img": w[0], "w_mask": w[1]}
+        s = self.log_vars.detach().float().clone()
+        return {"s1": s[0], "s2": s[1], "w_img": 0.5 * torch.exp(-s[0]), "w_mask": 0.5 * torch.exp(-s[1])}

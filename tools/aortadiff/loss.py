@@ -10,9 +10,11 @@ This module turns that output into the paper's loss:
     L      = Kendall(L_img, L_mask)    (0.5 e^-s1 L_img + 0.5 s1 + 0.5 e^-s2 L_mask + 0.5 s2)
 
 with ``x0_hat`` the clean-image estimate from the image head at ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
-A batch without a labeled sample drops the whole mask term (``0.5 s2`` included). The synthesis-only CDM
-baseline (``use_mask_head=False``) has the image term only. The parts of the last call are kept as floats in
-``self.last_terms``; :class:`tools.engines.loss_terms.LossTermsHandler` puts them into the trainer output.
+A batch without a labeled sample drops the whole mask term (``0.5 s2`` included; decided on the device, no host
+sync). The synthesis-only CDM baseline (``use_mask_head=False``) has the image term only. The parts of the last
+call are kept as detached one-element tensors in ``self.last_term_tensors`` (no host sync) and read as floats
+from ``self.last_terms``; :class:`tools.engines.loss_terms.LossTermsHandler` puts the tensors into the trainer
+output, and the logging handlers turn them into floats at their ``log_interval`` only.
 """
 
 from __future__ import annotations
@@ -75,7 +77,12 @@ class AortaDiffLoss(nn.Module):
         self.use_mask_head = bool(use_mask_head)
         self.x0_clamp = float(x0_clamp)
         self.keys = {"roi": roi_key, "sdf": sdf_key, "labeled": labeled_key}
-        self.last_terms: dict[str, float] = {}
+        self.last_term_tensors: dict[str, torch.Tensor] = {}
+
+    @property
+    def last_terms(self) -> dict[str, float]:
+        """The parts of the last call as floats (a host sync per term on a GPU; logging reads the tensors)."""
+        return {k: float(v) for k, v in self.last_term_tensors.items()}
 
     def image_loss(self, image_out: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """L_img from the image-head output (B, C, H, W); returns (L_img, its parts as detached tensors)."""
@@ -104,10 +111,9 @@ class AortaDiffLoss(nn.Module):
                                      f"channel(s) of the output, got {pred.shape[1]} channel(s)")
                 labeled = target[self.keys["labeled"]].reshape(-1)
                 loss_mask, n_labeled = labeled_mse(pred[:, c:], target[self.keys["sdf"]].float(), labeled)
-                loss = self.loss_weighting(loss_img, loss_mask, mask_valid=bool(n_labeled > 0))
+                loss = self.loss_weighting(loss_img, loss_mask, mask_valid=n_labeled > 0)
                 terms.update(loss_mask=loss_mask.detach(), n_labeled=n_labeled)
             else:
                 loss = self.loss_weighting(loss_img, None)
-        self.last_terms = {k: float(v) for k, v in terms.items()}
-        self.last_terms.update(self.loss_weighting.weights())
+        self.last_term_tensors = {**terms, **self.loss_weighting.weight_tensors()}
         return loss

@@ -10,8 +10,9 @@ Measures, on whatever device it finds (CUDA if present, else the CPU):
 4. the abdomen bundle's sampler settings (its learned-range DDPM / DDIM) side by side on one trained model
    and the same held-out body slices: calls, seconds, PSNR / SSIM, the downstream segmenter's Dice
    (:func:`tools.bench.abdomen.compare_samplers`; ``--abdomen_ckpt_dir`` holds ``model.pt`` and
-   ``segmenter.pt``, ``--abdomen_datalist`` its datalist; without a checkpoint, and outside ``--quick``,
-   this part is skipped).
+   ``segmenter.pt``, or ``--abdomen_segmenter`` names the segmenter, as the results experiment keeps it in
+   ``<work_dir>/segmenter_seed<s>/models``; ``--abdomen_datalist`` its datalist; without a checkpoint, and
+   outside ``--quick``, this part is skipped).
 
 ``--skip "['training']"`` leaves parts out (``aortadiff_samplers``, ``training``, ``abdomen_samplers``);
 the call counts always run.
@@ -144,7 +145,7 @@ def run(quick: bool = False, checkpoint: str | None = None, datalist: str | None
         slices_per_case: int | None = None, train_iterations: int | None = None,
         model_configs: Sequence[str] | None = None, volume_slices: int = 100, skip: Sequence[str] = (),
         abdomen_ckpt_dir: str | None = None, abdomen_datalist: str | None = None,
-        abdomen_slices: int | None = None) -> dict[str, Any]:
+        abdomen_slices: int | None = None, abdomen_segmenter: str | None = None) -> dict[str, Any]:
     """Measure everything; returns the result dict that :func:`markdown` and ``--json`` print."""
     skip = [skip] if isinstance(skip, str) else list(skip)
     unknown = [p for p in skip if p not in PARTS]
@@ -177,6 +178,8 @@ def run(quick: bool = False, checkpoint: str | None = None, datalist: str | None
             raise FileNotFoundError(f"tools.bench: --checkpoint {checkpoint} not found")
         if abdomen_ckpt_dir and not Path(abdomen_ckpt_dir).is_dir():
             raise FileNotFoundError(f"tools.bench: --abdomen_ckpt_dir {abdomen_ckpt_dir} not found")
+        if abdomen_segmenter and not Path(abdomen_segmenter).is_file():
+            raise FileNotFoundError(f"tools.bench: --abdomen_segmenter {abdomen_segmenter} not found")
         train_files = ["train.json", *model_configs]
         train_parser = bundle_parser(ad.BUNDLE, train_files, overrides)
         if "training" not in skip:
@@ -208,7 +211,8 @@ def run(quick: bool = False, checkpoint: str | None = None, datalist: str | None
                 "fastest_within_tolerance": best["setting"] if best else None})
         if "abdomen_samplers" not in skip and (quick or abdomen_ckpt_dir):
             b_result = abd.run(quick=quick, ckpt_dir=abdomen_ckpt_dir, datalist=abdomen_datalist, split=split,
-                               num_slices=abdomen_slices, model_configs=model_configs, tmp=tmp)
+                               num_slices=abdomen_slices, model_configs=model_configs, tmp=tmp,
+                               segmenter=abdomen_segmenter)
 
     default = bundle_parser(ad.BUNDLE, ["inference.json"])
     a_default = aortadiff_volume_calls(slices=volume_slices)
@@ -247,13 +251,13 @@ def main(quick: bool = False, json: bool = False, checkpoint: str | None = None,
          split: str = "test", slices_per_case: int | None = None, train_iterations: int | None = None,
          model_configs: Sequence[str] | None = None, docs: str | None = None, skip: Sequence[str] = (),
          abdomen_ckpt_dir: str | None = None, abdomen_datalist: str | None = None,
-         abdomen_slices: int | None = None) -> None:
+         abdomen_slices: int | None = None, abdomen_segmenter: str | None = None) -> None:
     """Run the benchmark; print the table (or ``--json``) and, unless ``--quick``, append it to ``docs``."""
     with contextlib.redirect_stdout(sys.stderr):  # the engines' logs: stdout carries the table or the JSON only
         result = run(quick=quick, checkpoint=checkpoint, datalist=datalist, split=split,
                      slices_per_case=slices_per_case, train_iterations=train_iterations, model_configs=model_configs,
                      skip=skip, abdomen_ckpt_dir=abdomen_ckpt_dir, abdomen_datalist=abdomen_datalist,
-                     abdomen_slices=abdomen_slices)
+                     abdomen_slices=abdomen_slices, abdomen_segmenter=abdomen_segmenter)
     command = "python -m tools.bench " + " ".join(sys.argv[1:])
     text = markdown(result, command.strip())
     if json:

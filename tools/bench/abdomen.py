@@ -72,9 +72,12 @@ def eval_batch(parser: Any, split: str, num_slices: int) -> dict[str, torch.Tens
     return list_data_collate([transform(f) for f in files])
 
 
-def load_models(parser: Any, ckpt_dir: str | None) -> tuple[torch.nn.Module, torch.nn.Module | None, str]:
+def load_models(parser: Any, ckpt_dir: str | None,
+                segmenter_checkpoint: str | None = None) -> tuple[torch.nn.Module, torch.nn.Module | None, str]:
     """The diffusion network (``<ckpt_dir>/model.pt``; untrained without ``ckpt_dir``) and the segmenter
-    (``<ckpt_dir>/segmenter.pt`` when present), and a description of the model."""
+    (``segmenter_checkpoint``, by default ``<ckpt_dir>/segmenter.pt`` when present), and a description of the
+    model. The results experiment keeps its segmenter apart from the method's checkpoints
+    (``<work_dir>/segmenter_seed<s>/models/segmenter.pt``), hence the separate path."""
     device = parser.get_parsed_content("device")
     network = parser.get_parsed_content("network")
     if not ckpt_dir:
@@ -83,7 +86,9 @@ def load_models(parser: Any, ckpt_dir: str | None) -> tuple[torch.nn.Module, tor
     if not model.is_file():
         raise FileNotFoundError(f"tools.bench: --abdomen_ckpt_dir {ckpt_dir} has no model.pt")
     network = checkpoint_io.load_network(network, model, device)
-    seg_file = Path(ckpt_dir) / "segmenter.pt"
+    if segmenter_checkpoint and not Path(segmenter_checkpoint).is_file():
+        raise FileNotFoundError(f"tools.bench: --abdomen_segmenter {segmenter_checkpoint} not found")
+    seg_file = Path(segmenter_checkpoint) if segmenter_checkpoint else Path(ckpt_dir) / "segmenter.pt"
     segmenter = None
     if seg_file.is_file():
         segmenter = checkpoint_io.load_network(parser.get_parsed_content("segmenter_def"), seg_file, device)
@@ -169,9 +174,10 @@ def choose_fastest(rows: Sequence[Mapping[str, Any]], reference: str, psnr_tol: 
 
 def run(quick: bool = False, ckpt_dir: str | None = None, datalist: str | None = None, split: str = "test",
         num_slices: int | None = None, model_configs: Sequence[str] = ("small.json",), tmp: str | None = None,
-        samplers: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        samplers: Mapping[str, Mapping[str, Any]] | None = None, segmenter: str | None = None) -> dict[str, Any]:
     """The abdomen comparison: ``train.json`` + ``evaluate.json`` + ``model_configs`` (``--quick``: tiny keys,
-    phantoms in ``tmp``, untrained network), the model of ``ckpt_dir``, ``num_slices`` held-out slices."""
+    phantoms in ``tmp``, untrained network), the model of ``ckpt_dir`` (and the segmenter of ``segmenter``, by
+    default ``<ckpt_dir>/segmenter.pt``), ``num_slices`` held-out slices."""
     overrides: dict[str, Any] = {"fid_network": None}
     files = ["train.json", "evaluate.json", *([] if quick else model_configs)]
     if quick:
@@ -184,8 +190,8 @@ def run(quick: bool = False, ckpt_dir: str | None = None, datalist: str | None =
     samplers = samplers or (QUICK_SAMPLERS if quick else SAMPLERS)
     reference = next(iter(samplers))
     batch = eval_batch(parser, split, num_slices or (2 if quick else 16))
-    network, segmenter, model = load_models(parser, ckpt_dir)
-    rows = compare_samplers(network, segmenter, parser, samplers, batch)
+    network, seg_net, model = load_models(parser, ckpt_dir, segmenter)
+    rows = compare_samplers(network, seg_net, parser, samplers, batch)
     best = choose_fastest(rows, reference)
     return {"model": f"{model} ({' + '.join(files)})", "reference": reference,
             "eval": f"{split} split, {rows[0]['eval_slices']} evenly spaced body slices (evaluate.json's choice)",

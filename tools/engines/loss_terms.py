@@ -5,7 +5,9 @@ MONAI's ``SupervisedTrainer`` calls ``loss_function(pred, target)`` and keeps on
 hybrid loss's MSE and VLB, the joint VAE's L1/KL/Dice-CE) keeps the last value of each part as floats in
 ``self.last_terms``; this handler copies them into the output at ``IterationEvents.LOSS_COMPLETED``, before
 MONAI decollates the output, so ``StatsHandler``, ``TensorBoardStatsHandler`` and ``MLFlowHandler`` read
-them with :func:`scalar_logs` like the loss itself.
+them with :func:`scalar_logs` like the loss itself. A loss that also keeps them as detached one-element
+tensors in ``self.last_term_tensors`` (AortaDiff's) has those copied instead: no host sync per iteration,
+the logging handlers convert them at their ``log_interval``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class LossTermsHandler:
     """On ``IterationEvents.LOSS_COMPLETED`` add ``loss_function.last_terms`` to ``engine.state.output``.
 
     Args:
-        loss_function: the trainer's loss module; it must expose a ``last_terms`` dict of floats.
+        loss_function: the trainer's loss module; it must expose a ``last_terms`` dict of floats (or a
+            ``last_term_tensors`` dict of one-element tensors, preferred when present).
     """
 
     def __init__(self, loss_function: Any) -> None:
@@ -36,7 +39,8 @@ class LossTermsHandler:
 
     def __call__(self, engine: Engine) -> None:
         if isinstance(engine.state.output, dict):
-            engine.state.output.update(self.loss_function.last_terms)
+            terms = getattr(self.loss_function, "last_term_tensors", None)
+            engine.state.output.update(self.loss_function.last_terms if terms is None else terms)
 
 
 def scalar_logs(output: Any) -> dict[str, float]:
