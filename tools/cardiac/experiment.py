@@ -84,12 +84,14 @@ def size_settings(size: str, quick: bool) -> dict:
                 "keys": {"phantom_cases": 16, "phantom_size": 64, "phantom_slices": 48, "image_size": [32, 32, 32],
                          "vae_channels": [16, 32, 32], "vae_norm_groups": 8,
                          "ldm_channels": [32, 64, 64], "ldm_attention_levels": [False, False, True],
-                         "ldm_num_head_channels": [0, 0, 32], "ldm_norm_groups": 16, "num_inference_steps": 50,
+                         "ldm_num_head_channels": [0, 0, 32], "ldm_norm_groups": 16,
                          "samples_per_volume": 3, "val_fraction": 0.12},
                 # few epochs at this budget: the generative stages learn 10x / 5x faster than the paper's 1e-4
                 "stage_keys": {"autoencoder": {"lr": 0.001, "image_weight": 10.0, "seg_weight": 1.0,
                                                "vae_patch_size": [16, 16, 16], "vae_patches_per_volume": 2},
-                               "ldm": {"lr": 0.0005, "cache_latents": True, "latent_copies": LDM_COPIES}},
+                               "ldm": {"lr": 0.0005, "cache_latents": True, "latent_copies": LDM_COPIES},
+                               # generate.json's default sampler (DDPM, all 1000 steps), 4 pairs per network batch
+                               "generate": {"batch_size": 4}},
                 "epochs": None}
     if size == "paper":
         return {"deltas": [], "name": "paper", "keys": {},
@@ -197,6 +199,10 @@ class Experiment:
                                    "wall_time_s": round(time.time() - t0, 1)})
 
     # -------------------------------------------------------------- steps
+    def stage_keys(self, stage: str) -> dict:
+        """Keys the size sets for one stage only (e.g. the autoencoder's learning rate)."""
+        return dict(self.size.get("stage_keys", {}).get(stage, {}))
+
     def generative(self) -> None:
         e = self.epochs
         sk = self.size.get("stage_keys", {})
@@ -204,7 +210,7 @@ class Experiment:
                     epochs=e["autoencoder"],
                     val_interval=max(1, e["autoencoder"] // 4), prefix="training_state_autoencoder")
         self._stage("ldm", "training", "train_ldm.json", **self.train_keys, **sk.get("ldm", {}), epochs=e["ldm"], prefix="training_state_ldm")
-        self._stage("generate", "run", "generate.json")
+        self._stage("generate", "run", "generate.json", **sk.get("generate", {}))
         self._stage("ssl", "training", "pretrain_ssl.json", **self.train_keys, epochs=e["ssl"], prefix="training_state_ssl_pretrained",
                     ssl_include_real=self.args.ssl_include_real, ssl_filename="ssl_pretrained.pt")
 
@@ -267,22 +273,22 @@ class Experiment:
         done = self._done(step)
         if done or not self._claim(step):
             return done
-        from tools.cardiac.sampler_comparison import PAPER, compare_samplers, fastest_within
+        from tools.cardiac.sampler_comparison import PAPER, compare_samplers, ddim, fastest_within
 
         seed, seg = self._real_data_segmenter()
-        settings = ([("DDPM 4", PAPER[1], 4), ("DDIM 2", (), 2)] if self.args.quick else
-                    [PAPER, ("DDIM 50", (), 50), ("DDIM 20", (), 20), ("DDIM 10", (), 10), ("DDIM 5", (), 5)])
+        settings = ([("DDPM 4", {**PAPER[1], "num_inference_steps": 4}), ddim(2)] if self.args.quick else
+                    [PAPER, ddim(50), ddim(20), ddim(10), ddim(5)])
 
-        def generate(deltas, steps, folder):
-            bundle_run(CONFIGS, "run", self._configs("generate.json", *deltas),
-                       **{**self.common, "seed": 0, "samples_per_volume": 1, "num_inference_steps": steps,
+        def generate(keys, folder):
+            bundle_run(CONFIGS, "run", self._configs("generate.json"),
+                       **{**self.common, "seed": 0, "samples_per_volume": 1, **self.stage_keys("generate"), **keys,
                           "synthetic_dir": str(folder)})
 
         t0 = time.time()
-        rows = compare_samplers(generate, seg, settings, self.work / step)
-        best = fastest_within(rows)
-        return self._finish(step, {"kind": "samplers", "segmenter": f"scratch_seed{seed}", "rows": rows,
-                                   "fastest_within_0.01_dice": best["sampler"] if best else None,
+        out = compare_samplers(generate, seg, settings, self.work / step)
+        best = fastest_within(out["rows"])
+        return self._finish(step, {"kind": "samplers", "segmenter": f"scratch_seed{seed}", **out,
+                                   "fastest_within_0.01": best["sampler"] if best else None,
                                    "wall_time_s": round(time.time() - t0, 1)})
 
     def run(self) -> int:
