@@ -205,12 +205,12 @@ class Experiment:
 
     def generative(self) -> None:
         e = self.epochs
-        sk = self.size.get("stage_keys", {})
-        self._stage("autoencoder", "training", "train_autoencoder.json", **self.train_keys, **sk.get("autoencoder", {}),
+        self._stage("autoencoder", "training", "train_autoencoder.json", **self.train_keys, **self.stage_keys("autoencoder"),
                     epochs=e["autoencoder"],
                     val_interval=max(1, e["autoencoder"] // 4), prefix="training_state_autoencoder")
-        self._stage("ldm", "training", "train_ldm.json", **self.train_keys, **sk.get("ldm", {}), epochs=e["ldm"], prefix="training_state_ldm")
-        self._stage("generate", "run", "generate.json", **sk.get("generate", {}))
+        self._stage("ldm", "training", "train_ldm.json", **self.train_keys, **self.stage_keys("ldm"), epochs=e["ldm"],
+                    prefix="training_state_ldm")
+        self._stage("generate", "run", "generate.json", **self.stage_keys("generate"))
         self._stage("ssl", "training", "pretrain_ssl.json", **self.train_keys, epochs=e["ssl"], prefix="training_state_ssl_pretrained",
                     ssl_include_real=self.args.ssl_include_real, ssl_filename="ssl_pretrained.pt")
 

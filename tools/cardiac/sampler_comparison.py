@@ -25,13 +25,14 @@ import numpy as np
 from tools.cardiac.pair_quality import BundleSegmenter, pair_agreement, per_structure_dice
 from tools.data.datalist import load_datalist
 
-__all__ = ["PAPER", "compare_samplers", "fastest_within", "nearest_label_dice", "structures_present"]
+__all__ = ["PAPER", "compare_samplers", "ddim", "fastest_within", "nearest_label_dice", "structures_present"]
 
 #: (name, keys over generate.json); the reference of the comparison: the LDM's training schedule, all 1000 steps
 PAPER = ("DDPM 1000 (paper)", {"scheduler#_target_": "DDPMScheduler", "num_inference_steps": 1000})
 
 
 def ddim(steps: int) -> tuple[str, dict]:
+    """The setting ``DDIM <steps>`` (deterministic DDIM over ``steps`` of the training timesteps)."""
     return f"DDIM {steps}", {"scheduler#_target_": "DDIMScheduler", "num_inference_steps": int(steps)}
 
 
