@@ -166,3 +166,29 @@ def test_synthetic_pairs_refuse_to_overwrite_case_files_before_sampling(tmp_path
     (tmp_path / "synth_0001" / "label.nii.gz").write_bytes(b"")  # a case of an earlier run, datalist gone
     with pytest.raises(FileExistsError, match=r"synth_0001/label\.nii\.gz' already exists; pass --overwrite True"):
         gen.run()  # raised before any sampling (the networks here are None)
+
+
+def test_autoencoder_patches_are_checked_against_the_grid_and_the_downsampling():
+    from tools.cardiac.checks import check_vae_patches
+    from tools.engines.errors import InputValueError
+
+    check_vae_patches(None, 2, [32, 32, 32], [16, 32, 32])  # whole volumes
+    check_vae_patches([16, 16, 16], 2, [32, 32, 32], [16, 32, 32])
+    for patch, hint in (([18, 16, 16], "multiple of 4"), ([64, 16, 16], "at most image_size"), ([16, 16], "3 entries")):
+        with pytest.raises(InputValueError, match="vae_patch_size") as err:
+            check_vae_patches(patch, 2, [32, 32, 32], [16, 32, 32])
+        assert hint in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(InputValueError, match="vae_patches_per_volume"):
+        check_vae_patches([16, 16, 16], 0, [32, 32, 32], [16, 32, 32])
+
+
+def test_autoencoder_batches_are_patches_of_the_augmented_volume(tmp_path):
+    cfg = Path(__file__).resolve().parents[1] / "bundles" / "cardiac_ldm_ssl" / "configs"
+    p = ConfigParser()
+    p.read_config([str(cfg / f) for f in ("common.json", "train_autoencoder.json", "small.json")])
+    p.update({"dataset_dir": str(tmp_path / "heart"), "phantom_cases": 4, "val_fraction": 0.25,
+              "vae_patch_size": [16, 16, 8], "vae_patches_per_volume": 3, "device": "$torch.device('cpu')"})
+    batch = next(iter(p.get_parsed_content("train#dataloader")))
+    assert tuple(batch["joint"].shape) == (3, 10, 16, 16, 8)  # batch_size 1 x 3 patches, image + 9 one-hot channels
+    onehot = batch["joint"][:, 1:]
+    assert torch.all(onehot.sum(1) == 1)  # every voxel of a patch keeps exactly one label
