@@ -59,6 +59,34 @@ def dice_boxplot_png(groups: dict[str, Sequence[float]], path: str | Path, title
     plt.close(fig)
 
 
+def _volume(path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+def _thrombus_slice_crop(entry: dict, crop_mm: float) -> tuple[np.ndarray, np.ndarray, int, tuple[slice, slice]]:
+    """(aorta, lumen, k, box) of a labeled case: ``k`` its slice with the most thrombus, ``box`` the in-plane
+    crop of ``crop_mm`` around the aorta's centre on that slice."""
+    import nibabel as nib
+
+    aorta, lumen = _volume(entry["aorta"]) > 0, _volume(entry["lumen"]) > 0
+    k = int(np.argmax((aorta & ~lumen).sum((0, 1))))
+    spacing = nib.load(str(entry["aorta"])).header.get_zooms()[:2]
+    ii, jj = np.nonzero(aorta[:, :, k])
+    half = [max(4, int(crop_mm / 2 / s)) for s in spacing]
+    ci, cj = int(ii.mean()), int(jj.mean())
+    return aorta, lumen, k, (slice(max(0, ci - half[0]), ci + half[0]), slice(max(0, cj - half[1]), cj + half[1]))
+
+
+def _mask_contours(ax, lumen: np.ndarray, thrombus: np.ndarray) -> None:
+    """Thrombus (yellow) then lumen (red) contours of 2D masks; the lumen on top: it shares a border with the thrombus."""
+    for m, color in ((thrombus, "yellow"), (lumen, "red")):
+        sl = np.rot90(m).astype(float)
+        if sl.any():
+            ax.contour(sl, levels=[0.5], colors=color, linewidths=1.0)
+
+
 def variant_grid_png(records: Sequence[dict], test_entries: Sequence[dict], path: str | Path, labels: dict[str, str],
                      without_masks: Sequence[str] = (), kinds: Sequence[str] = ("regular", "thin_thrombus", "calcified_wall", "low_contrast"),
                      window: tuple[float, float] = (-200.0, 600.0), crop_mm: float = 90.0) -> None:
@@ -72,7 +100,6 @@ def variant_grid_png(records: Sequence[dict], test_entries: Sequence[dict], path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import nibabel as nib
 
     seed = min(r["seed"] for r in records) if records else None
     by_row = {r["row"]: r for r in records if r["seed"] == seed}
@@ -87,38 +114,27 @@ def variant_grid_png(records: Sequence[dict], test_entries: Sequence[dict], path
     fig, axes = plt.subplots(len(cases), 2 + len(names), figsize=(1.7 * (2 + len(names)), 1.9 * len(cases)),
                              squeeze=False)
 
-    def vol(p):
-        return np.asarray(nib.load(str(p)).dataobj)
-
     for r, e in enumerate(cases):
-        aorta, lumen = vol(e["aorta"]) > 0, vol(e["lumen"]) > 0
-        k = int(np.argmax((aorta & ~lumen).sum((0, 1))))
-        spacing = nib.load(str(e["aorta"])).header.get_zooms()[:2]
-        ii, jj = np.nonzero(aorta[:, :, k])
-        half = [max(4, int(crop_mm / 2 / s)) for s in spacing]
-        ci, cj = int(ii.mean()), int(jj.mean())
-        box = (slice(max(0, ci - half[0]), ci + half[0]), slice(max(0, cj - half[1]), cj + half[1]))
+        aorta, lumen, k, (bi, bj) = _thrombus_slice_crop(e, crop_mm)
+        box = (bi, bj, k)
 
         def show(ax, img, lum, thr, title):
-            ax.imshow(np.rot90(img[box][..., k]), cmap="gray", vmin=window[0], vmax=window[1])
-            for m, color in ((thr, "yellow"), (lum, "red")):  # the lumen on top: it shares a border with the thrombus
-                sl = np.rot90(m[box][..., k]).astype(float)
-                if sl.any():
-                    ax.contour(sl, levels=[0.5], colors=color, linewidths=1.0)
+            ax.imshow(np.rot90(img[box]), cmap="gray", vmin=window[0], vmax=window[1])
+            _mask_contours(ax, lum[box], thr[box])
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(title, fontsize=7)
 
         none = np.zeros_like(aorta)
-        show(axes[r, 0], vol(e["ncct"]), none, none, "NCCT")
-        show(axes[r, 1], vol(e["cect"]), lumen, aorta & ~lumen, "real CECT + reference")
+        show(axes[r, 0], _volume(e["ncct"]), none, none, "NCCT")
+        show(axes[r, 1], _volume(e["cect"]), lumen, aorta & ~lumen, "real CECT + reference")
         axes[r, 0].set_ylabel(f"{e['case_id']}\n{e.get('kind', 'regular')}", fontsize=7)
         for c, name in enumerate(names):
             pdir = Path(by_row[name]["overrides"]["output_dir"]) / "predictions" / Path(str(e["case_id"])).name
             masks = (none, none) if name in without_masks else \
-                (vol(pdir / "lumen.nii.gz") > 0, vol(pdir / "thrombus.nii.gz") > 0)
-            show(axes[r, 2 + c], vol(pdir / "synthetic_cect.nii.gz"), *masks, labels[name])
+                (_volume(pdir / "lumen.nii.gz") > 0, _volume(pdir / "thrombus.nii.gz") > 0)
+            show(axes[r, 2 + c], _volume(pdir / "synthetic_cect.nii.gz"), *masks, labels[name])
     fig.tight_layout()
     fig.savefig(str(path), dpi=110)
     plt.close(fig)
@@ -134,29 +150,19 @@ def uncertainty_png(entries: Sequence[dict], prediction_dir: str | Path, path: s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import nibabel as nib
 
     if not entries:
         raise ValueError("uncertainty_png: no case to show")
-
-    def vol(p):
-        return np.asarray(nib.load(str(p)).dataobj)
-
     fig, axes = plt.subplots(len(entries), 4, figsize=(8.4, 2.1 * len(entries)), squeeze=False)
     for r, e in enumerate(entries):
         cid = Path(str(e["case_id"])).name
         pdir = Path(prediction_dir) / cid
-        aorta, lumen = vol(e["aorta"]) > 0, vol(e["lumen"]) > 0
-        k = int(np.argmax((aorta & ~lumen).sum((0, 1))))
-        spacing = nib.load(str(e["aorta"])).header.get_zooms()[:2]
-        ii, jj = np.nonzero(aorta[:, :, k])
-        half = [max(4, int(crop_mm / 2 / s)) for s in spacing]
-        ci, cj = int(ii.mean()), int(jj.mean())
-        box = (slice(max(0, ci - half[0]), ci + half[0]), slice(max(0, cj - half[1]), cj + half[1]), k)
-        p_l, p_t = vol(pdir / "lumen.nii.gz") > 0, vol(pdir / "thrombus.nii.gz") > 0
-        std, ent = vol(pdir / "std_hu.nii.gz"), vol(pdir / "mask_entropy.nii.gz")
-        panels = [("real CECT + reference", vol(e["cect"]), (lumen, aorta & ~lumen)),
-                  ("synthetic CECT (mean) + predicted", vol(pdir / "synthetic_cect.nii.gz"), (p_l, p_t)),
+        aorta, lumen, k, (bi, bj) = _thrombus_slice_crop(e, crop_mm)
+        box = (bi, bj, k)
+        p_l, p_t = _volume(pdir / "lumen.nii.gz") > 0, _volume(pdir / "thrombus.nii.gz") > 0
+        std, ent = _volume(pdir / "std_hu.nii.gz"), _volume(pdir / "mask_entropy.nii.gz")
+        panels = [("real CECT + reference", _volume(e["cect"]), (lumen, aorta & ~lumen)),
+                  ("synthetic CECT (mean) + predicted", _volume(pdir / "synthetic_cect.nii.gz"), (p_l, p_t)),
                   ("CECT std over samples (HU)", std, None), ("lumen/thrombus vote entropy (bits)", ent, None)]
         for c, (title, img, masks) in enumerate(panels):
             ax = axes[r, c]
@@ -167,10 +173,7 @@ def uncertainty_png(entries: Sequence[dict], prediction_dir: str | Path, path: s
                 ax.contour(np.rot90(aorta[box]).astype(float), levels=[0.5], colors="cyan", linewidths=0.6)
             else:
                 ax.imshow(np.rot90(img[box]), cmap="gray", vmin=window[0], vmax=window[1])
-                for m, color in ((masks[1], "yellow"), (masks[0], "red")):
-                    sl = np.rot90(m[box]).astype(float)
-                    if sl.any():
-                        ax.contour(sl, levels=[0.5], colors=color, linewidths=1.0)
+                _mask_contours(ax, masks[0][box], masks[1][box])
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
