@@ -259,13 +259,17 @@ class Experiment:
     def _real_data_segmenter(self):
         """(seed, segmenter) of the scratch run (real cases only) of the lowest seed, the same for every process
         sharing the work folder; waits while another process trains it."""
-        from tools.cardiac.pair_quality import BundleSegmenter
-
         seed = min(self.args.seeds)
         while not (rec := self.method("scratch", seed)):
             time.sleep(15)
-        return seed, BundleSegmenter([CONFIGS / c for c in rec["configs"]], self.work / f"scratch_seed{seed}" /
-                                     "models" / "model.pt", **{k: v for k, v in rec["overrides"].items() if "#" not in k})
+        return seed, self.segmenter(rec)
+
+    def segmenter(self, rec: dict):
+        """The fine-tuned U-Net of a finished method step (its record), with the test-split preprocessing."""
+        from tools.cardiac.pair_quality import BundleSegmenter
+
+        return BundleSegmenter([CONFIGS / c for c in rec["configs"]], self.work / rec["step"] / "models" / "model.pt",
+                               **{k: v for k, v in rec["overrides"].items() if "#" not in k})
 
     def samplers(self) -> dict:
         """Sampler settings of generate.json on the trained LDM, one pair per training case each, same seed."""

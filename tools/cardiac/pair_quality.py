@@ -54,13 +54,15 @@ class BundleSegmenter:
         img = torch.as_tensor(image, dtype=torch.float32)[None, None]
         return self.inferer(img, self.network).argmax(1)[0].numpy().astype(np.int64)
 
-    @torch.no_grad()
+    def model_grid(self, entry: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(image [0, 1], label) of one datalist entry on the model grid (test-split preprocessing), each (H, W, D)."""
+        d = self.preprocessing(dict(entry))
+        return np.asarray(d["image"])[0].astype(np.float32), np.asarray(d["label"])[0].astype(np.int64)
+
     def __call__(self, entry: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image [0, 1], label, prediction) of one datalist entry on the model grid, each (H, W, D)."""
-        d = self.preprocessing(dict(entry))
-        img = torch.as_tensor(d["image"])[None].float()
-        pred = self.inferer(img, self.network).argmax(1)[0]
-        return img[0, 0].numpy(), np.asarray(d["label"])[0].astype(np.int64), pred.numpy().astype(np.int64)
+        image, label = self.model_grid(entry)
+        return image, label, self.predict(image)
 
 
 class BundleAutoencoder:

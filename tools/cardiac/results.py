@@ -166,7 +166,7 @@ def write_results(exp, records: list[dict]) -> None:
 def make_figures(exp, steps: dict, results_dir: Path, configs_dir: Path) -> list[tuple[str, str]]:
     """Generated pairs with the real-data segmenter's prediction; one test case segmented by each method (seed 0)."""
     from tools.cardiac.experiment import LABELS
-    from tools.cardiac.pair_quality import BundleAutoencoder, BundleSegmenter, pairs_figure, segmentations_figure
+    from tools.cardiac.pair_quality import BundleAutoencoder, pairs_figure, segmentations_figure
     from tools.data.datalist import load_datalist
 
     seed = min(exp.args.seeds)
@@ -174,9 +174,7 @@ def make_figures(exp, steps: dict, results_dir: Path, configs_dir: Path) -> list
     for m in LABELS:
         rec = steps.get(f"{m}_seed{seed}")
         if rec:
-            segs[m] = BundleSegmenter([configs_dir / c for c in rec["configs"]],
-                                      exp.work / rec["step"] / "models" / "model.pt",
-                                      **{k: v for k, v in rec["overrides"].items() if "#" not in k})
+            segs[m] = exp.segmenter(rec)
     if "scratch" not in segs:
         return []
     rec = steps[f"scratch_seed{seed}"]

@@ -80,7 +80,7 @@ def compare_samplers(generate: Callable[[Mapping[str, Any], Path], None], segmen
         labels = [np.asarray(nib.load(str(e["label"])).dataobj).astype(np.int64) for e in entries]
         if real is None:
             depth = labels[0].shape[2] if labels else 0
-            real = [_centre_block(segmenter(e)[1], depth) for e in
+            real = [_centre_block(segmenter.model_grid(e)[1], depth) for e in
                     load_datalist(segmenter.datalist, "training", required_keys=["image", "label"])]
         agreement = pair_agreement(segmenter, entries)
         rows.append({"sampler": name, "keys": dict(keys), "calls_per_volume": int(keys["num_inference_steps"]),
