@@ -221,3 +221,14 @@ def test_class_conditioned_unet_from_the_conditional_delta():
     torch.testing.assert_close(emb(codes), emb.tables[0](codes[:, 0]) + emb.tables[1](codes[:, 1]) + emb.tables[2](codes[:, 2]))
     with pytest.raises(ValueError, match="condition 1"):
         emb(torch.tensor([[0, 3, 0]]))
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_ldm_residual_blocks_per_level_come_from_the_config_key(blocks):
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train_ldm.json"), str(CONFIGS / "small.json")])
+    parser["ldm_num_res_blocks"] = blocks
+    unet = parser.get_parsed_content("diffusion_def")
+    assert [len(b.resnets) for b in unet.down_blocks] == [blocks] * 3
+    x = torch.randn(2, 3, 8, 8, 8)
+    assert unet(x, torch.tensor([0, 999])).shape == x.shape

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tools.demo.plan import BUNDLES, SIZES, Stage, build_plan
 from tools.demo.runner import run_stages
+from tools.figures.slices import most_structures_slice
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,8 +51,22 @@ def test_plan_evaluates_trained_and_untrained_networks_with_a_fast_sampler():
     assert args["aortadiff_cect.evaluate_untrained"]["--checkpoint"].endswith("untrained.pt")
     assert args["cardiac_ldm_ssl.evaluate_untrained"]["--model_filename"] == "untrained.pt"
     assert stages["cardiac_ldm_ssl.train"].needs == ("pretrain_ssl",)
+    # the demo's cardiac stages: generate.json's own sampler; batches of 2 volumes where a stage trains on volumes
+    assert "--scheduler#_target_" not in args["cardiac_ldm_ssl.generate"]
+    assert args["cardiac_ldm_ssl.train"]["--batch_size"] == "2" == args["cardiac_ldm_ssl.pretrain_ssl"]["--batch_size"]
     with pytest.raises(ValueError, match="unknown bundle"):
         build_plan(["nope"])
+
+
+def test_figures_show_the_slice_with_the_most_structures_not_a_full_edge_slice():
+    label = np.zeros((8, 8, 5), dtype=np.uint8)
+    label[..., 0] = 6  # an edge slice labelled in full with one structure (most foreground)
+    label[1:3, 1:3, 2], label[4:6, 4:6, 2], label[6, 6, 2] = 1, 2, 3  # three structures, less foreground
+    label[1:4, 1:4, 3], label[5:7, 5:7, 3] = 1, 2  # two structures, more foreground than slice 2
+    assert most_structures_slice(label) == 2
+    label[0, 0, 4] = 1
+    label[7, 7, 4], label[7, 6, 4] = 2, 3  # three structures but the least foreground: the tie goes to slice 2
+    assert most_structures_slice(label) == 2
 
 
 def test_runner_reports_a_failed_stage_with_its_log_and_skips_what_needs_it(tmp_path):

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from tools.data.datalist import load_datalist
+from tools.figures.slices import most_structures_slice
 
 NAMES = {1: "LA", 2: "LV", 3: "RA", 4: "RV", 5: "MYO", 6: "AO", 7: "PA", 8: "LAA"}
 
@@ -28,10 +29,6 @@ def _lps(img: nib.Nifti1Image) -> np.ndarray:
     ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine),
                                            nib.orientations.axcodes2ornt(("L", "P", "S")))
     return nib.orientations.apply_orientation(np.asarray(img.dataobj), ornt)
-
-
-def _heart_slice(label: np.ndarray) -> int:
-    return int(np.argmax((label > 0).sum(axis=(0, 1))))
 
 
 def _overlay(ax, image: np.ndarray, label: np.ndarray | None, title: str) -> None:
@@ -70,12 +67,12 @@ def main(synthetic_dir: str, datalist: str, segmentations: dict | None = None, o
     for i, entry in enumerate(synth):
         img = _lps(nib.load(Path(synthetic_dir) / entry["image"]))
         lab = _lps(nib.load(Path(synthetic_dir) / entry["label"]))
-        k = _heart_slice(lab)
+        k = most_structures_slice(lab)
         _overlay(axes[0, 2 * i], img[:, :, k], None, f"{entry['case_id']} image")
         _overlay(axes[0, 2 * i + 1], img[:, :, k], lab[:, :, k], f"{entry['case_id']} label")
     img = _lps(nib.load(case["image"]))
     gt = _lps(nib.load(case["label"]))
-    k = _heart_slice(gt)
+    k = most_structures_slice(gt)
     cid = Path(str(case.get("case_id", Path(case["image"]).parent))).name
     _overlay(axes[1, 0], img[:, :, k], None, f"real {cid}")
     _overlay(axes[1, 1], img[:, :, k], gt[:, :, k], "ground truth")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from tools.cardiac.dice_table import CARDIAC_STRUCTURES
+from tools.figures.slices import most_structures_slice
 
 __all__ = ["BundleSegmenter", "per_structure_dice", "pair_agreement"]
 
@@ -127,10 +128,6 @@ def _show(ax, image: np.ndarray, label: np.ndarray | None, title: str) -> None:
     ax.axis("off")
 
 
-def _heart_slice(label: np.ndarray) -> int:
-    return int(np.argmax((label > 0).sum(axis=(0, 1))))
-
-
 def _legend(fig) -> None:
     import matplotlib
     import matplotlib.pyplot as plt
@@ -160,7 +157,7 @@ def pairs_figure(segmenter: BundleSegmenter, synthetic: Sequence[dict], real: di
         else:
             name, entry = row
             img, lab, pred = segmenter(entry)
-        k = _heart_slice(lab)
+        k = most_structures_slice(lab)
         dice = np.nanmean(per_structure_dice(pred, lab))
         _show(axes[0, j], img[:, :, k], None, f"{name}: image")
         _show(axes[1, j], img[:, :, k], lab[:, :, k], "its label")
@@ -185,7 +182,7 @@ def segmentations_figure(segmenters: dict, case: dict, out: str | Path) -> Path:
 
     first = next(iter(segmenters.values()))
     img, lab, _ = first(case)
-    k = _heart_slice(lab)
+    k = most_structures_slice(lab)
     fig, axes = plt.subplots(1, 2 + len(segmenters), figsize=(2.3 * (2 + len(segmenters)), 3.0))
     _show(axes[0], img[:, :, k], None, "test case")
     _show(axes[1], img[:, :, k], lab[:, :, k], "ground truth")

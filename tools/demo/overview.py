@@ -2,10 +2,10 @@
 
 - aortadiff_cect: a test case at the slice with the most reference thrombus: NCCT | synthetic CECT |
   real CECT | predicted lumen (red) / thrombus (yellow) | reference;
-- abdomen_semantic_synthesis: two test slices, each organ mask | synthetic slice | real slice (the
-  evaluation's ``samples_model.npz`` of the trained network);
+- abdomen_semantic_synthesis: the two evaluated test slices whose masks hold the most organs, each organ
+  mask | synthetic slice | real slice (the evaluation's ``samples_model.npz`` of the trained network);
 - cardiac_ldm_ssl: two generated image + label pairs, then the held-out test case: image | ground truth |
-  segmentation by the fine-tuned network.
+  segmentation by the fine-tuned network, each at the slice with the most labelled structures.
 
 Slices are shown in radiological convention (patient right on the image left, anterior up); CT windows
 are the bundles' own.
@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from tools.data.datalist import load_datalist
+from tools.figures.slices import most_structures_slice
 
 __all__ = ["write_overview"]
 
@@ -58,8 +59,8 @@ def _abdomen_row(out: Path, dataset_dir: Path) -> list[Panel]:
     def hu(x: np.ndarray) -> np.ndarray:
         return (np.clip(x, -1, 1) + 1) / 2 * (w[1] - w[0]) + w[0]
 
-    n = lab.shape[0]
-    picks = sorted({int(round(i)) for i in np.linspace(0, n - 1, 2)}) if n > 1 else [0]
+    # the two evaluated slices whose masks hold the most organs (the conditioning input, not the output, decides)
+    picks = sorted(sorted(range(lab.shape[0]), key=lambda i: -len(np.unique(lab[i][lab[i] > 0])))[:2])
     panels: list[Panel] = []
     for i in picks:
         panels += [(lab[i].astype(np.float32), lab[i], "organ mask (input)", (0.0, 1.0), "organs"),
@@ -70,11 +71,11 @@ def _abdomen_row(out: Path, dataset_dir: Path) -> list[Panel]:
 def _cardiac_row(out: Path, dataset_dir: Path) -> list[Panel]:
     synth_dir = out / "synthetic"
     synth = json.loads((synth_dir / "datalist.json").read_text())["training"][:2]
-    w = (-400.0, 800.0)
+    w = (-200.0, 600.0)  # the bundle's cardiac CTA window (common.json a_min, a_max)
     panels: list[Panel] = []
     for i, e in enumerate(synth):
         img, lab = _ras(synth_dir / e["image"]), _ras(synth_dir / e["label"])
-        k = int(np.argmax((lab > 0).sum(axis=(0, 1))))
+        k = most_structures_slice(lab)
         if i == 0:
             panels.append((img[..., k], None, "generated image", w, ""))
         panels.append((img[..., k], lab[..., k], "generated image + label" if i == 0 else "another generated pair", w,
@@ -85,7 +86,7 @@ def _cardiac_row(out: Path, dataset_dir: Path) -> list[Panel]:
     seg_files = sorted((out / "segmentation").rglob("*_seg.nii.gz"))
     seg_files = [p for p in seg_files if cid in str(p)] or seg_files
     seg = _ras(seg_files[0])
-    k = int(np.argmax((gt > 0).sum(axis=(0, 1))))
+    k = most_structures_slice(gt)
     panels += [(img[..., k], None, f"held-out {cid}", w, ""), (img[..., k], gt[..., k], "ground truth", w, "heart"),
                (img[..., k], seg[..., k], "fine-tuned segmentation", w, "heart")]
     return panels
