@@ -85,7 +85,12 @@ def test_train_writes_checkpoints_and_a_plain_model_pt(trained):
     assert all(torch.is_tensor(v) for v in state.values())
     assert any("guide_encoder" in k for k in state)  # the edge-guided network was trained
     periodic = torch.load(root / "models" / "checkpoint_iteration=4.pt", weights_only=True)
-    assert {"model", "optimizer"} <= set(periodic)  # training checkpoints keep the optimiser
+    assert {"model", "network", "optimizer"} <= set(periodic)  # training checkpoints keep the optimiser
+    # improved DDPM samples with the EMA of the weights: model.pt and the checkpoints' "model" are the EMA copy,
+    # "network" the raw weights (4 iterations at decay 0.99 or more: the EMA has barely moved from them)
+    assert all(torch.equal(state[k], periodic["model"][k]) for k in state)
+    raw = periodic["network"]
+    assert any(not torch.equal(state[k], raw[k]) for k in state if raw[k].is_floating_point())
     # a second run finds the finished run's state (--resume auto): nothing left to train, nothing overwritten
     with pytest.raises(RuntimeError) as err:
         run("training", config_file=[str(CONFIGS / "train.json")], iterations=2, val_interval=2,
