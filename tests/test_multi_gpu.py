@@ -9,7 +9,10 @@ the weights of its network(s) to ``rank<r>_done.txt``, and makes ``ckpt_dir``/``
 
 * both ranks trained: each reported the expected iteration count, and the weight checksums are
   equal (DistributedDataParallel kept the replicas in sync, the discriminator's too);
-* only rank 0 wrote the checkpoint: ``ckpt_rank0`` holds it, rank 1 wrote no ``.pt`` file anywhere.
+* only rank 0 wrote the checkpoint: ``ckpt_rank0`` holds it, rank 1 wrote no ``.pt`` file anywhere;
+* the bundles that sample with an EMA of the weights (AortaDiff, abdomen) kept updating it under the multi-GPU
+  handler list: with an EMA decay of 1e-6 the EMA copy must equal the trained weights (an EMA copy that was never
+  updated holds the initial weights, whose checksum differs from the trained ones by far more).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ FINALIZE = [
     "$torch.distributed.is_initialized() and torch.distributed.destroy_process_group()",
 ]
 NETWORKS = "@train#trainer.network"  # the trained network of each spec (default)
+WITH_EMA = "@train#trainer.network, @ema_network"  # trained weights, then their EMA copy
+NO_EMA_LAG = {"ema_decay": 1e-6, "ema_warmup_decay": 1e-6, "ema_warmup_iters": 1}  # EMA copy = trained weights
 
 # per bundle: config files (merged in order), anatomy of its phantoms, CLI overrides, checkpoint file name
 SPECS = {
@@ -40,18 +45,20 @@ SPECS = {
         "anatomy": "aaa",
         "overrides": {"iterations": 2, "val_interval": 2, "batch_size": 2, "phantom_cases": 5, "phantom_slices": 8,
                       "val_slices_per_case": 1, "val_inference_steps": 2, "val_batch_size": 2, "lpips_weight": 0.0,
-                      "ema_warmup_iters": 1, "log_interval": 1},
+                      "log_interval": 1, **NO_EMA_LAG},
         "iterations": 2,
         "checkpoint": "model.pt",
+        "networks": WITH_EMA,
     },
     "abdomen_semantic_synthesis": {
         "configs": ["train.json", "small.json", "multi_gpu_train.json"],
         "anatomy": "abdomen",
         "overrides": {"iterations": 2, "val_interval": 2, "checkpoint_interval": 2, "batch_size": 2,
                       "phantom_cases": 5, "phantom_slices": 8, "num_val_slices": 2, "val_num_inference_steps": 2,
-                      "save_initial_checkpoint": False, "cache_rate": 0.0},
+                      "save_initial_checkpoint": False, "cache_rate": 0.0, **NO_EMA_LAG},
         "iterations": 2,
         "checkpoint": "model.pt",
+        "networks": WITH_EMA,
     },
     "cardiac_ldm_ssl": {
         "configs": ["common.json", "train.json", "scratch.json", "small.json", "multi_gpu_train.json"],
@@ -135,6 +142,8 @@ def test_torchrun_two_ranks_gloo(case, tmp_path):
         assert it0 == spec["iterations"]
     assert len(w0) == len(w1) == len(spec.get("networks", NETWORKS).split(","))
     assert w0 == pytest.approx(w1, rel=1e-6), "DDP ranks ended with different weights"
+    if spec.get("networks") == WITH_EMA:
+        assert w0[1] == pytest.approx(w0[0], rel=1e-8), "the EMA copy was not updated during multi-GPU training"
     ckpt0 = tmp_path / "ckpt_rank0" / spec["checkpoint"]
     assert ckpt0.is_file(), f"rank 0 did not write {ckpt0}: {sorted(p.name for p in ckpt0.parent.glob('*'))}"
     rank1_pt = [str(p) for d in ("ckpt_rank1", "out_rank1") for p in (tmp_path / d).rglob("*.pt")]
