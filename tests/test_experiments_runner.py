@@ -31,6 +31,8 @@ def test_sections_are_replaced_in_place_and_kept_apart(tmp_path):
 def test_machine_info_and_json(tmp_path):
     info = report.machine_info()
     assert info["cores"] >= 1 and info["torch"]
+    assert info["cpu"] and info["cpu_capability"] in {"DEFAULT", "AVX2", "AVX512", "NEON", "SVE128", "SVE256", "VSX",
+                                                      "ZVECTOR"}
     path = report.write_json(tmp_path / "r" / "x.json", {"machine": info})
     assert json.loads(path.read_text())["machine"]["cores"] == info["cores"]
 

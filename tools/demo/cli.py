@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tools.demo.plan import BUNDLES, build_plan, out_dirs
 from tools.demo.runner import preload, run_stages
+from tools.experiments.report import cpu_name, machine_info
 
 __all__ = ["main", "cli", "dataset_dirs"]
 
@@ -76,7 +77,7 @@ def main(bundles: str | Sequence[str] | None = None, output_dir: str = "runs/dem
             f.unlink()
     load_start = _load()
     echo(f"demo: {', '.join(chosen)}: {len(stages)} stages, {jobs} at a time, {threads} thread(s) each; "
-         f"logs in {logs}/ (load average {load_start})")
+         f"logs in {logs}/ ({cpu_name()}, {cpus} cores, load average {load_start})")
     preload(logs / "imports.log")
     echo(f"[{time.perf_counter() - t0:5.0f} s] torch + MONAI imported")
     results = run_stages(stages, logs, jobs=jobs, threads=threads, isolate=isolate, echo=echo, t0=t0)
@@ -91,7 +92,7 @@ def main(bundles: str | Sequence[str] | None = None, output_dir: str = "runs/dem
     picture, missing = write_overview(dirs, dataset_dirs(root, dataset_root), chosen, out / "overview.png", captions)
     total = time.perf_counter() - t0
     summary = {
-        "bundles": chosen, "size": size, "jobs": jobs, "threads": threads, "cpus": cpus,
+        "bundles": chosen, "size": size, "jobs": jobs, "threads": threads, "cpus": cpus, "machine": machine_info(),
         "load_average_start": load_start, "load_average_end": _load(), "wall_s": round(total, 1),
         "stages": [{"stage": r.stage.key, "status": r.status, "seconds": round(r.seconds, 1),
                     "cpu_s": None if r.cpu_s is None else round(r.cpu_s, 1), "command": r.stage.command()}

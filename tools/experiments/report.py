@@ -7,23 +7,28 @@ import platform
 import re
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[2]
 RESULTS_MD = REPO / "docs" / "results.md"
 
 
-def machine_info() -> dict:
-    """CPU model, core count, load average, torch version and the accelerator, if any."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere what :mod:`platform` says)."""
     try:
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                return ln.split(":", 1)[1].strip()
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """CPU model and the vector instructions torch uses on it (e.g. AVX2, AVX512: CPU speeds differ by them),
+    core count, load average, torch version and the accelerator, if any."""
+    import torch
+
+    info = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     if hasattr(os, "getloadavg"):
         info["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     return info
