@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## demo: the three bundles trained on CT phantoms on the CPU, sampled and evaluated (about 5 minutes on 2 cores);
+## demo: the three bundles trained on CT phantoms on the CPU, sampled and evaluated (5-10 minutes on 2 cores, by CPU);
 ##       one bundle: make demo BUNDLE=aortadiff_cect (or abdomen_semantic_synthesis, cardiac_ldm_ssl; a comma list)
 demo: $(STAMP)
 	$(PY) -m tools.demo $(if $(BUNDLE),--bundles $(BUNDLE))
