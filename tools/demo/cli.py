@@ -92,7 +92,7 @@ def main(bundles: str | Sequence[str] | None = None, output_dir: str = "runs/dem
     picture, missing = write_overview(dirs, dataset_dirs(root, dataset_root), chosen, out / "overview.png", captions)
     total = time.perf_counter() - t0
     summary = {
-        "bundles": chosen, "size": size, "jobs": jobs, "threads": threads, "cpus": cpus, "machine": machine_info(),
+        "bundles": chosen, "size": size, "jobs": jobs, "threads": threads, "machine": machine_info(),
         "load_average_start": load_start, "load_average_end": _load(), "wall_s": round(total, 1),
         "stages": [{"stage": r.stage.key, "status": r.status, "seconds": round(r.seconds, 1),
                     "cpu_s": None if r.cpu_s is None else round(r.cpu_s, 1), "command": r.stage.command()}
