@@ -24,7 +24,7 @@ __all__ = ["BUNDLES", "SIZES", "Stage", "build_plan", "out_dirs"]
 BUNDLES = ("aortadiff_cect", "abdomen_semantic_synthesis", "cardiac_ldm_ssl")
 
 # Demo sizes, per bundle and stage: top-level config keys passed as --key value over configs/small.json.
-# "demo": what `make demo` runs (4.5-10 minutes on 2 idle cores, by CPU: docs/benchmarks.md; two stages at a time,
+# "demo": what `make demo` runs (5-10 minutes on 2 idle cores, by CPU: docs/benchmarks.md; two stages at a time,
 # one thread each);
 # "tiny": the test suite's size (seconds per stage; checks the code path, learns nothing).
 SIZES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
