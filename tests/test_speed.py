@@ -342,3 +342,59 @@ def test_every_trained_parameter_gets_a_gradient_so_set_to_none_changes_nothing(
         {i: p.grad is not None for i, p in enumerate(p for g in e.optimizer.param_groups for p in g["params"])}))
     trainer.run()
     assert grads and all(grads.values())
+
+
+def test_abdomen_training_slices_as_plain_tensors_equal_the_metatensor_pipeline(tmp_path):
+    """train.json drops MONAI metadata from the cached volumes before the random slice: the same samples as
+    the pipeline without that step, as plain tensors, and the cached volume is not changed by drawing."""
+    from monai.data import MetaTensor
+
+    datalist = ensure_phantoms("abdomen", tmp_path / "abd", cases=3, seed=0, size=32, slices=8)
+    parser = _default_calls("abdomen_semantic_synthesis", ["train.json"])
+    parser.update({"datalist": datalist, "image_size": 24})
+    files = parser.get_parsed_content("train#files")
+    pipeline = parser.get_parsed_content("train#preprocessing")
+    names = [type(t).__name__ for t in pipeline.transforms]
+    plain_at = names.index("RandSliced") - 1
+    assert names[plain_at] == "EnsureTyped" and pipeline.transforms[plain_at].converter.track_meta is False
+    slicer = names.index("RandSliced")
+    with_meta = Compose([*pipeline.transforms[:plain_at], ExtractSliced(["image", "label", "body"]),
+                         *pipeline.transforms[slicer + 1:]])  # the same slice, drawn before: MetaTensors throughout
+    cached = pipeline.transforms[:plain_at + 1]  # what CacheDataset keeps: up to the first random transform
+    volume = Compose(cached)(files[0])
+    assert all(type(volume[k]) is torch.Tensor for k in ("image", "label", "body"))  # cached without metadata
+    assert isinstance(Compose(cached[:-1])(files[0])["image"], MetaTensor)
+    before = {k: volume[k].clone() for k in ("image", "label", "body")}
+    pipeline.set_random_state(seed=3)
+    for _ in range(3):
+        got = pipeline(files[0])
+        ref = with_meta({**files[0], "slice_index": got["slice_index"]})
+        assert got["image"].shape == (1, 24, 24) and got["label"].shape == (17, 24, 24)
+        for k in ("image", "label"):
+            np.testing.assert_allclose(np.asarray(got[k]), np.asarray(ref[k]), atol=1e-6, err_msg=k)
+    rest = Compose(pipeline.transforms[plain_at + 1:])
+    rest.set_random_state(seed=3)
+    for _ in range(3):
+        rest(dict(volume))  # what a sample does to the cache's copy: must not write into the cached arrays
+    for k, v in before.items():
+        assert torch.equal(volume[k], v), k
+
+
+def test_abdomen_sdpa_switch_reaches_the_attention_and_keeps_the_output():
+    """configs' top-level use_flash_attention picks PyTorch SDPA in MONAI's attention blocks; same weights, same
+    output as the einsum path (it runs on the CPU too)."""
+    nets = []
+    for flash in (False, True):
+        parser = _default_calls("abdomen_semantic_synthesis", ["train.json", "small.json"])
+        parser.update({"use_flash_attention": flash, "channels": [8, 16, 32], "norm_num_groups": 4,
+                       "num_head_channels": 8})
+        nets.append(parser.get_parsed_content("network_def").eval())
+    attn = [m for m in nets[1].modules() if hasattr(m, "use_flash_attention")]
+    assert attn and all(m.use_flash_attention for m in attn)
+    assert not any(m.use_flash_attention for m in nets[0].modules() if hasattr(m, "use_flash_attention"))
+    nets[1].load_state_dict(nets[0].state_dict())
+    x = torch.cat([torch.randn(2, 1, 32, 32),
+                   torch.nn.functional.one_hot(torch.randint(0, 17, (2, 32, 32)), 17).permute(0, 3, 1, 2).float()], 1)
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        torch.testing.assert_close(nets[1](x, t), nets[0](x, t), atol=1e-5, rtol=1e-4)

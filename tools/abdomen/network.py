@@ -163,7 +163,7 @@ class MaskGuidedUNet(nn.Module):
         num_res_blocks: ResNet blocks per level (encoder; the decoder uses the same number).
         norm_num_groups: GroupNorm groups.
         num_head_channels: channels per attention head.
-        use_flash_attention: PyTorch SDPA in attention blocks (needs CUDA in MONAI 1.6).
+        use_flash_attention: PyTorch SDPA in attention blocks (MONAI's switch; CPU and CUDA).
     """
 
     def __init__(

@@ -36,7 +36,7 @@ class TwoHeadDiffusionUNet(nn.Module):
         mask_head: False builds the image head only (synthesis-only baseline).
         prediction_type: "epsilon" | "sample" (x0) | "v_prediction"; stored so samplers can read it.
         sdf_activation: "tanh" (bounded SDF) or "none".
-        use_flash_attention: PyTorch SDPA attention (CUDA only in MONAI).
+        use_flash_attention: PyTorch SDPA attention (MONAI's switch; CPU and CUDA).
     """
 
     def __init__(
