@@ -355,9 +355,9 @@ def test_abdomen_training_slices_as_plain_tensors_equal_the_metatensor_pipeline(
     files = parser.get_parsed_content("train#files")
     pipeline = parser.get_parsed_content("train#preprocessing")
     names = [type(t).__name__ for t in pipeline.transforms]
-    plain_at = names.index("RandSliced") - 1
-    assert names[plain_at] == "EnsureTyped" and pipeline.transforms[plain_at].converter.track_meta is False
     slicer = names.index("RandSliced")
+    plain_at = slicer - 1
+    assert names[plain_at] == "EnsureTyped" and pipeline.transforms[plain_at].converter.track_meta is False
     with_meta = Compose([*pipeline.transforms[:plain_at], ExtractSliced(["image", "label", "body"]),
                          *pipeline.transforms[slicer + 1:]])  # the same slice, drawn before: MetaTensors throughout
     cached = pipeline.transforms[:plain_at + 1]  # what CacheDataset keeps: up to the first random transform
@@ -372,7 +372,7 @@ def test_abdomen_training_slices_as_plain_tensors_equal_the_metatensor_pipeline(
         assert got["image"].shape == (1, 24, 24) and got["label"].shape == (17, 24, 24)
         for k in ("image", "label"):
             np.testing.assert_allclose(np.asarray(got[k]), np.asarray(ref[k]), atol=1e-6, err_msg=k)
-    rest = Compose(pipeline.transforms[plain_at + 1:])
+    rest = Compose(pipeline.transforms[slicer:])
     rest.set_random_state(seed=3)
     for _ in range(3):
         rest(dict(volume))  # what a sample does to the cache's copy: must not write into the cached arrays
