@@ -157,6 +157,27 @@ def test_evaluate_several_checkpoints_with_segmenter_dice(trained, tmp_path):
     assert (tmp_path / "eval" / "metrics.png").is_file() and (tmp_path / "eval" / "samples_2.png").is_file()
 
 
+def test_noise_mean_check_on_the_bundle_network(trained, tmp_path, capsys):
+    from tools.abdomen.noise_mean import main
+    from tools.demo.untrained import save_untrained
+
+    root, common = trained
+    configs = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
+    keys = {**common, "conditioning": "edge_guided", "num_eval_slices": 2, "eval_sampler": "ddim",
+            "eval_num_inference_steps": 2}
+    untrained = save_untrained(configs, str(tmp_path / "untrained.pt"), network_key="network", **keys)
+    # MONAI's diffusion U-Net starts with a zero output convolution: no mean reaches eps
+    report = main(configs, untrained, seeds=2, timesteps=[999, 10], out=str(tmp_path / "r.json"), **keys)
+    assert report["dc_gain"] == {999: 0.0, 10: 0.0}
+    assert json.loads((tmp_path / "r.json").read_text())["dc_gain"] == {"999": 0.0, "10": 0.0}
+    report = main(configs, str(root / "models" / "model.pt"), seeds=2, **keys)
+    assert len(report["psnr"]) == len(report["noise_mean"]) == 2 * 2  # seeds x slices
+    assert report["positive"]["n"] + report["negative"]["n"] == 4
+    assert "Pearson r" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="r.json exists"):  # refused before any work
+        main(configs, "no_such.pt", out=str(tmp_path / "r.json"), **keys)
+
+
 def test_segmenter_and_augmentation_report_dice_change(trained, tmp_path):
     root, common = trained
     seg_keys = {

@@ -168,3 +168,52 @@ def test_respaced_chain_and_oracle_sampling_recovers_x0():
         s = LearnedRangeSampler(scheduler, sampler=kind, num_inference_steps=5, progress=False)
         out = s(cond, oracle, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
+
+
+def _oracle_network(x0: torch.Tensor, dc_gain: float | None = None):
+    """eps network that knows x0 (the exact eps for x_t; variance value 0); ``dc_gain`` replaces the spatial mean
+    of its eps by ``dc_gain`` times the mean of x_t, the fault of an under-trained network at high t."""
+    abar = torch.tensor(_np_schedule()[1], dtype=torch.float32)
+
+    def net(x, t):
+        x_t = x[:, :1]
+        a_t = abar[t].reshape(-1, 1, 1, 1)
+        eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        if dc_gain is not None:
+            eps = eps - eps.mean((2, 3), keepdim=True) + dc_gain * x_t.mean((2, 3), keepdim=True)
+        return torch.cat([eps, torch.zeros_like(eps)], 1)
+
+    return net
+
+
+def test_eps_dc_gain_is_one_over_sqrt_one_minus_abar_for_the_oracle_and_the_set_gain_otherwise():
+    from tools.abdomen.noise_mean import eps_dc_gain
+
+    _, abar, _, _ = _np_schedule()
+    x0, cond = torch.rand(3, 1, 8, 8) * 2 - 1, torch.zeros(3, 2, 8, 8)
+    g = eps_dc_gain(_oracle_network(x0), cond, [999, 500, 100], generator=torch.Generator().manual_seed(0))
+    assert g.shape == (3, 3)
+    expected = 1 / np.sqrt(1 - abar[[999, 500, 100]])  # eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)
+    np.testing.assert_allclose(g.mean(1).numpy(), expected, rtol=1e-4)
+    g = eps_dc_gain(_oracle_network(x0, dc_gain=0.1), cond, [999, 100])
+    np.testing.assert_allclose(g.numpy(), 0.1, rtol=1e-4)
+
+
+def test_noise_mean_study_finds_the_bright_failures_of_a_network_that_drops_the_noise_mean():
+    from tools.abdomen.noise_mean import noise_mean_study
+
+    scheduler = DDPMScheduler(num_train_timesteps=T, schedule="linear_beta")
+    sampler = LearnedRangeSampler(scheduler, sampler="ddim", num_inference_steps=25, progress=False)
+    x0 = torch.full((8, 1, 16, 16), -0.8)  # a dark slice
+    batches = [{"image": x0, "label": torch.zeros(8, 2, 16, 16)}]
+    exact = noise_mean_study(sampler, _oracle_network(x0), batches, seeds=[0, 1])
+    assert exact["positive"]["failed"] == exact["negative"]["failed"] == 0
+    assert exact["positive"]["n"] + exact["negative"]["n"] == 16
+    faulty = noise_mean_study(sampler, _oracle_network(x0, dc_gain=0.0), batches, seeds=[0, 1])
+    pos, neg = faulty["positive"], faulty["negative"]
+    assert pos["n"] > 0 and neg["n"] > 0
+    assert pos["failed"] == pos["n"] and neg["failed"] == 0  # brightness follows the sign of the noise's mean
+    # the negative-mean slices come out black, x_0 clipped to -1: error 0.2 of the range 2, PSNR 20 dB
+    assert neg["mean_psnr"] == pytest.approx(20.0, abs=1e-3)
+    assert faulty["correlation"] < -0.5
+    np.testing.assert_allclose(faulty["noise_mean"], exact["noise_mean"])  # the seeds fix the starting noise
