@@ -187,7 +187,7 @@ def _oracle_network(x0: torch.Tensor, dc_gain: float | None = None):
 
 
 def test_eps_dc_gain_is_one_over_sqrt_one_minus_abar_for_the_oracle_and_the_set_gain_otherwise():
-    from tools.abdomen.noise_mean import eps_dc_gain
+    from tools.diffusion.dc_gain import eps_dc_gain
 
     _, abar, _, _ = _np_schedule()
     x0, cond = torch.rand(3, 1, 8, 8) * 2 - 1, torch.zeros(3, 2, 8, 8)

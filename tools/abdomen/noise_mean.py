@@ -8,8 +8,7 @@ from noise of positive mean comes out bright, with noise where the air should be
 
 Two measurements, on the bundle's own network, checkpoint, test slices and sampler (``evaluate.json``):
 
-- the **DC gain** of the eps output: d mean(eps) / d mean(x_t), by a central difference of two inputs that
-  differ only by a constant;
+- the **DC gain** of the eps output (:func:`tools.diffusion.dc_gain.eps_dc_gain`);
 - the PSNR of sampled slices against the real ones, split by the sign of the starting noise's mean.
 
     python -m tools.abdomen.noise_mean \\
@@ -31,44 +30,12 @@ import torch
 from monai.inferers import Inferer
 from monai.metrics import PSNRMetric
 
-__all__ = ["eps_dc_gain", "noise_mean_study", "main"]
+from tools.diffusion.dc_gain import eps_dc_gain, spatial_mean
+
+__all__ = ["noise_mean_study", "main"]
 
 #: a sampled slice below this PSNR against its real slice counts as failed (the untrained model gives about 5 dB)
 FAILED_DB = 10.0
-
-
-def _spatial_mean(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, *spatial) -> (B, C, 1, ..., 1) mean over the spatial axes."""
-    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
-
-
-@torch.no_grad()
-def eps_dc_gain(
-    network: torch.nn.Module,
-    condition: torch.Tensor,
-    timesteps: Sequence[int],
-    image_channels: int = 1,
-    offset: float = 0.05,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """DC gain of the eps output, (len(timesteps), B): d mean(eps) / d mean(x_t) per slice.
-
-    The network is called as the samplers call it, ``network(cat([x_t, condition], 1), t)``, with x_t a zero-mean
-    Gaussian draw shifted by ``-offset`` and ``+offset``; the gain is the change of the mean of the first
-    ``image_channels`` output channels divided by ``2 * offset``.
-    """
-    shape = (condition.shape[0], image_channels, *condition.shape[2:])
-    z = torch.randn(shape, generator=generator, device=condition.device)
-    z = z - _spatial_mean(z)
-    gains = []
-    for t in timesteps:
-        tt = torch.full((shape[0],), int(t), dtype=torch.long, device=condition.device)
-        low, high = (
-            _spatial_mean(network(torch.cat([z + s * offset, condition], 1), tt)[:, :image_channels]).flatten(1).mean(1)
-            for s in (-1.0, 1.0)
-        )
-        gains.append((high - low) / (2 * offset))
-    return torch.stack(gains)
 
 
 @torch.no_grad()
@@ -96,7 +63,7 @@ def noise_mean_study(
             fake = sampler(condition, network, noise=noise).float()
             psnr = PSNRMetric(max_val=1.0, reduction="none")((fake.clamp(-1, 1) + 1) / 2, (real + 1) / 2)
             values.append(psnr.flatten().cpu())
-            means.append(_spatial_mean(noise).flatten(1).mean(1))
+            means.append(spatial_mean(noise).flatten(1).mean(1))
     m, v = torch.cat(means).double(), torch.cat(values).double()
 
     def group(sel: torch.Tensor) -> dict[str, Any]:
