@@ -38,10 +38,10 @@ SIZES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         "abdomen_semantic_synthesis": {
             # 8-16-32 channels at 10x small.json's rate: at equal CPU time, sharper than more iterations or batch 16;
             # 48 px slices and SDPA attention: a step costs 0.44x the 64 px one, so 3000 iterations fit;
-            # one normalisation group: the eps output passes on the mean of x_t (DC gain at t = 999 0.46, 0.09 with
-            # four groups of two channels, whose slices came out bright noise when the noise's mean was positive)
+            # small.json's one normalisation group (DC gain of eps at t = 999 0.46 here, 0.09 with four groups of two
+            # channels, whose slices came out bright noise when the noise's mean was positive)
             "training": {"iterations": 3000, "val_interval": 3000, "checkpoint_interval": 3000, "learning_rate": 0.005,
-                         "channels": [8, 16, 32], "norm_num_groups": 1, "num_head_channels": 8, "image_size": 48,
+                         "channels": [8, 16, 32], "num_head_channels": 8, "image_size": 48,
                          "use_flash_attention": True,
                          "num_val_slices": 8, "val_sampler": "ddpm", "val_num_inference_steps": 25},
             "segmenter": {"segmenter_iterations": 150, "segmenter_val_interval": 150},
