@@ -39,9 +39,14 @@ from tools.abdomen.texture_distance import frechet_texture_distance, texture_fea
 from tools.engines.checkpoint_io import load_checkpoint, load_network
 from tools.engines.output_guard import refuse_overwrite
 
-__all__ = ["find_checkpoints", "checkpoint_tag", "drop_duplicate_weights", "SynthesisCheckpointEvaluation"]
+__all__ = ["find_checkpoints", "checkpoint_tag", "drop_duplicate_weights", "unit_range", "SynthesisCheckpointEvaluation"]
 
 logger = logging.getLogger(__name__)
+
+
+def unit_range(fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic and real slices from the model's [-1, 1] to the [0, 1] that PSNR and SSIM score (synthetic clipped)."""
+    return (fake.clamp(-1, 1) + 1) / 2, (real + 1) / 2
 
 
 def checkpoint_tag(path: str | Path) -> str:
@@ -205,8 +210,9 @@ class SynthesisCheckpointEvaluation:
                 real = batch["image"].to(self.device).float()
                 onehot = batch["label"].to(self.device).float()
                 fake = self.sampler(onehot, self.network).float()
-                psnr((fake.clamp(-1, 1) + 1) / 2, (real + 1) / 2)
-                ssim((fake.clamp(-1, 1) + 1) / 2, (real + 1) / 2)
+                fake01, real01 = unit_range(fake, real)
+                psnr(fake01, real01)
+                ssim(fake01, real01)
                 tex_fake.append(texture_features(fake, onehot))
                 tex_real.append(texture_features(real, onehot))
                 if fid_net is not None:

@@ -30,6 +30,7 @@ import torch
 from monai.inferers import Inferer
 from monai.metrics import PSNRMetric
 
+from tools.abdomen.evaluation import unit_range
 from tools.diffusion.dc_gain import eps_dc_gain, spatial_mean
 
 __all__ = ["noise_mean_study", "main"]
@@ -61,7 +62,7 @@ def noise_mean_study(
             real = batch[image_key].float()
             noise = torch.randn((condition.shape[0], real.shape[1], *condition.shape[2:]), generator=generator)
             fake = sampler(condition, network, noise=noise).float()
-            psnr = PSNRMetric(max_val=1.0, reduction="none")((fake.clamp(-1, 1) + 1) / 2, (real + 1) / 2)
+            psnr = PSNRMetric(max_val=1.0, reduction="none")(*unit_range(fake, real))  # the evaluation's PSNR
             values.append(psnr.flatten().cpu())
             means.append(spatial_mean(noise).flatten(1).mean(1))
     m, v = torch.cat(means).double(), torch.cat(values).double()
