@@ -24,41 +24,49 @@ __all__ = ["BUNDLES", "SIZES", "Stage", "build_plan", "out_dirs"]
 BUNDLES = ("aortadiff_cect", "abdomen_semantic_synthesis", "cardiac_ldm_ssl")
 
 # Demo sizes, per bundle and stage: top-level config keys passed as --key value over configs/small.json.
-# "demo": what `make demo` runs (5-10 minutes on 2 idle cores, by CPU: docs/benchmarks.md; two stages at a time,
+# "demo": what `make demo` runs (about 5 minutes on 2 idle cores, by CPU: docs/benchmarks.md; two stages at a time,
 # one thread each);
 # "tiny": the test suite's size (seconds per stage; checks the code path, learns nothing).
 SIZES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "demo": {
         "aortadiff_cect": {
-            # SDPA attention (MONAI's use_flash_attention, off on the CPU by default): a step 0.38 -> 0.34 s (1 thread)
-            "training": {"iterations": 300, "val_interval": 300, "val_at_start": False, "use_flash_attention": True},
-            "inference": {"use_flash_attention": True},
+            # SDPA attention (MONAI's use_flash_attention, off on the CPU by default): a step 0.38 -> 0.34 s (1 thread);
+            # 48 px slices (the 64 px phantoms resized in-plane; metrics on the 64 px grid): training 145 -> 74 s,
+            # ROI PSNR 17.8 -> 17.1 dB, Dice lumen / thrombus 0.66 / 0.64 -> 0.68 / 0.61 (docs/benchmarks.md)
+            "training": {"iterations": 300, "val_interval": 300, "val_at_start": False, "use_flash_attention": True,
+                         "image_size": 48},
+            "inference": {"use_flash_attention": True, "image_size": 48},
             "evaluate": {},
         },
         "abdomen_semantic_synthesis": {
             # 8-16-32 channels at 10x small.json's rate: at equal CPU time, sharper than more iterations or batch 16;
-            # 48 px slices and SDPA attention: a step costs 0.44x the 64 px one, so 3000 iterations fit;
-            # small.json's one normalisation group (DC gain of eps at t = 999 0.46 here, 0.09 with four groups of two
-            # channels, whose slices came out bright noise when the noise's mean was positive)
-            "training": {"iterations": 3000, "val_interval": 3000, "checkpoint_interval": 3000, "learning_rate": 0.005,
-                         "channels": [8, 16, 32], "num_head_channels": 8, "image_size": 48,
+            # 40 px slices (the 64 px phantoms resized in-plane) and SDPA attention: a step costs 0.78x the 48 px one
+            # and the slices come out cleaner at equal iterations;
+            # small.json's one normalisation group (DC gain of eps at t = 999 0.46 at 48 px, 0.09 with four groups of
+            # two channels, whose slices came out bright noise when the noise's mean was positive);
+            # scored with DDPM 100: at 48 px and 2,000 iterations DDPM 25 / 50 / 100 give 18.3 / 18.5 / 19.1 dB, and
+            # 100 steps leave none of the 25 steps' speckle (docs/benchmarks.md)
+            "training": {"iterations": 2100, "val_interval": 2100, "checkpoint_interval": 2100, "learning_rate": 0.005,
+                         "channels": [8, 16, 32], "num_head_channels": 8, "image_size": 40,
                          "use_flash_attention": True,
                          "num_val_slices": 8, "val_sampler": "ddpm", "val_num_inference_steps": 25},
             "segmenter": {"segmenter_iterations": 150, "segmenter_val_interval": 150},
-            "evaluate": {"num_eval_slices": 16, "eval_sampler": "ddpm", "eval_num_inference_steps": 25},
+            "evaluate": {"num_eval_slices": 16, "eval_sampler": "ddpm", "eval_num_inference_steps": 100},
         },
         "cardiac_ldm_ssl": {
             # one LDM residual block per level: a step on 16 latents 0.054 s instead of 0.078 s (1 thread)
             "common": {"ldm_num_res_blocks": 1},
-            "train_autoencoder": {"epochs": 150, "val_interval": 150, "lr": 0.001, "image_weight": 10.0,
+            # 100 autoencoder and 55 LDM epochs instead of 150 and 80, 25 fine-tuning epochs instead of 30: 73 + 82 + 59
+            # -> 48 + 53 + 49 s, the same-looking pairs, test Dice 0.27 -> 0.25 (docs/benchmarks.md)
+            "train_autoencoder": {"epochs": 100, "val_interval": 100, "lr": 0.001, "image_weight": 10.0,
                                   "seg_weight": 1.0, "vae_patch_size": [16, 16, 16], "vae_patches_per_volume": 2},
             # batches of 16 cached latents: the small U-Net's step costs about 1.5x a step on one latent
-            "train_ldm": {"epochs": 80, "lr": 0.0005, "cache_latents": True, "latent_copies": 16, "batch_size": 16},
+            "train_ldm": {"epochs": 55, "lr": 0.0005, "cache_latents": True, "latent_copies": 16, "batch_size": 16},
             # generate.json's DDPM over all 1000 steps, 8 pairs in one batch (1000 calls in all)
             "generate": {"samples_per_volume": 1, "batch_size": 8},
             # batch 2: on the CPU a 3D convolution of a batch of 1 takes a slow path (6x the time per volume)
             "pretrain_ssl": {"epochs": 6, "batch_size": 2},
-            "train": {"epochs": 30, "batch_size": 2},
+            "train": {"epochs": 25, "batch_size": 2},
             "inference": {},
         },
     },
@@ -168,7 +176,7 @@ def _aortadiff(root: Path, out: Path, size: Mapping[str, Mapping[str, Any]], dat
     net = dict(size["inference"])  # network/grid keys that inference must share with training
     return [
         Stage("aortadiff_cect", "training", "monai.bundle",
-              _bundle_run("training", train, {**common, "output_dir": str(out), **size["training"]}), estimate_s=110),
+              _bundle_run("training", train, {**common, "output_dir": str(out), **size["training"]}), estimate_s=75),
         Stage("aortadiff_cect", "untrained", "tools.demo.untrained",
               ("--config_file", train, "--out", str(models / "untrained.pt"), *_overrides(net)), estimate_s=3),
         Stage("aortadiff_cect", "inference", "monai.bundle",
@@ -198,10 +206,10 @@ def _abdomen(root: Path, out: Path, size: Mapping[str, Mapping[str, Any]], data:
     return [
         Stage("abdomen_semantic_synthesis", "training", "monai.bundle",
               _bundle_run("training", _configs(cfg, "train.json", "small.json"), {**common, **size["training"]}),
-              estimate_s=200),
+              estimate_s=225),
         Stage("abdomen_semantic_synthesis", "segmenter", "monai.bundle",
               _bundle_run("training", _configs(cfg, "train.json", "train_segmenter.json", "small.json"),
-                          {**common, **net, **size["segmenter"]}), estimate_s=40),
+                          {**common, **net, **size["segmenter"]}), estimate_s=20),
         Stage("abdomen_semantic_synthesis", "evaluate", "monai.bundle",
               _bundle_run("evaluate", _configs(cfg, "train.json", "evaluate.json", "small.json"),
                           {**common, **net, **seg_net, "checkpoints": [str(untrained), str(trained)],
@@ -226,11 +234,11 @@ def _cardiac(root: Path, out: Path, size: Mapping[str, Mapping[str, Any]], data:
     grid = {k: v for k, v in size.get("common", {}).items()
             if k in ("image_size", "seg_features", "phantom_cases", "phantom_size", "phantom_slices")}
     return [
-        stage("train_autoencoder", "training", "train_autoencoder.json", size["train_autoencoder"], (), 52),
-        stage("train_ldm", "training", "train_ldm.json", size["train_ldm"], ("train_autoencoder",), 59),
-        stage("generate", "", "generate.json", size["generate"], ("train_ldm",), 12),
+        stage("train_autoencoder", "training", "train_autoencoder.json", size["train_autoencoder"], (), 48),
+        stage("train_ldm", "training", "train_ldm.json", size["train_ldm"], ("train_autoencoder",), 53),
+        stage("generate", "", "generate.json", size["generate"], ("train_ldm",), 19),
         stage("pretrain_ssl", "training", "pretrain_ssl.json", size["pretrain_ssl"], ("generate",), 5),
-        stage("train", "training", "train.json", {**size["train"], "run_missing_stages": False}, ("pretrain_ssl",), 47),
+        stage("train", "training", "train.json", {**size["train"], "run_missing_stages": False}, ("pretrain_ssl",), 49),
         Stage("cardiac_ldm_ssl", "untrained", "tools.demo.untrained",
               ("--config_file", _configs(cfg, "common.json", "train.json", "small.json"), "--network_key", "unet_def",
                "--out", str(models / "untrained.pt"), *_overrides(base)), estimate_s=3),
